@@ -1,0 +1,763 @@
+"""``cpl``: constrained pruning with PPO-Lagrangian, in one readable file.
+
+Malik et al., "Neural Network Pruning Through Constrained Reinforcement Learning"
+(ICPR 2022) cast pruning as a constrained MDP: one episode chooses a prune ratio
+per layer, the terminal reward is the pruned model's accuracy, and each budget
+(parameters, FLOPs, latency, any black-box ``model -> float``) is a constraint
+``E[episode cost_i] <= d_i``. The constraint is handled with a Lagrange multiplier
+``nu_i >= 0`` per constraint on top of PPO. Stable-Baselines3 has no constrained
+algorithm, so it is written here, CleanRL style: the hyperparameters are in
+:class:`CPLConfig`, the small pieces that carry the maths are pure functions that
+the tests check directly, and :meth:`CPL.search` reads top to bottom as
+*collect a rollout -> update the multipliers -> PPO update*.
+
+Choices worth knowing (each documented where it is made):
+
+* Costs come from ``info["cost"]`` (ratios ``value_i / limit_i``, so ``d_i = 1``
+  means "meet the budget"). They are only *measured*: nothing is differentiated
+  through a cost, which is why any black-box cost works.
+* The Gaussian policy acts in a normalised space ``u``; the env action is
+  ``low + (u + 1) / 2 * (high - low)`` clipped to ``[low, high]``. Log-probabilities
+  use the unclipped sample (standard PPO practice) so the ratio stays exact.
+* A rollout is ``rollout_steps`` rounded *up* to whole episodes. Pruning episodes
+  have a fixed length ``T`` and all reward/cost arrives at the last step, so a cut
+  episode would only add bootstrap noise; whole episodes also make every rollout
+  boundary an episode boundary, which is where checkpoints are taken.
+* The multipliers move by projected gradient ascent ``nu <- max(0, nu + lr (J_c - d))``
+  (or a PID controller, Stooke et al. 2020), never by Adam on a scalar, which
+  would move by about ``lr`` whatever the size of the violation.
+* The agent owns its random generators (torch and numpy), so a run is reproducible
+  from ``seed`` without touching global RNG state, and resumable from
+  :meth:`CPL.state_dict`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from rlprune.agents.base import SearchResult, finish, register_method
+
+if TYPE_CHECKING:
+    from rlprune.costs import Budget
+    from rlprune.env import PruningEnv
+
+__all__ = [
+    "CPL",
+    "CPLConfig",
+    "PIDLagrangian",
+    "compute_gae",
+    "ppo_lagrangian_policy_loss",
+    "update_multipliers",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Hyperparameters
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class CPLConfig:
+    """PPO-Lagrangian hyperparameters; the defaults follow the ``cpl`` authors' setup.
+
+    Budget: the search runs for ``episodes`` (a :class:`CPL` argument) unless
+    ``total_timesteps`` is set, in which case it runs ``ceil(total_timesteps / T)``
+    episodes (the authors used 40k timesteps).
+    """
+
+    # networks
+    hidden_sizes: tuple[int, ...] = (32, 32)
+    """Hidden layers of the policy and of every critic (tanh activations)."""
+    log_std_init: float = -0.5
+    """Initial state-independent log std of the Gaussian policy (in normalised units)."""
+    # optimisation
+    learning_rate: float = 3e-4
+    """Adam step size of the policy and of the critics (two separate optimisers)."""
+    rollout_steps: int = 128
+    """Steps per rollout, rounded up to whole episodes."""
+    minibatch_size: int = 64
+    update_epochs: int = 10
+    target_kl: float | None = 0.1
+    """Stop the epochs of one update early once the approximate KL exceeds this."""
+    clip_coef: float = 0.2
+    max_grad_norm: float = 0.5
+    ent_coef: float = 0.0
+    norm_adv: bool = True
+    """Normalise reward advantages per minibatch (cost advantages are only centred)."""
+    # advantages
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    """GAE lambda of the reward critic."""
+    cost_gae_lambda: float = 1.0
+    """GAE lambda of the cost critics (1.0: Monte-Carlo cost returns, unbiased)."""
+    # constraints and multipliers
+    cost_limits: float | tuple[float, ...] = 1.0
+    """Threshold ``d_i`` on the expected episode cost ratio, one value or one per constraint."""
+    lagrangian: str = "gradient"
+    """Multiplier update: ``"gradient"`` (projected ascent) or ``"pid"`` (Stooke et al.)."""
+    lagrangian_lr: float = 0.05
+    """Step size of the projected gradient ascent on ``nu`` (costs are O(1) ratios)."""
+    nu_init: float = 0.0
+    pid_kp: float = 0.5
+    pid_ki: float = 0.05
+    pid_kd: float = 0.0
+    # budget
+    total_timesteps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.lagrangian not in ("gradient", "pid"):
+            raise ValueError(
+                f"lagrangian={self.lagrangian!r} is not supported; use 'gradient' or 'pid'"
+            )
+        for name in ("rollout_steps", "minibatch_size", "update_epochs"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.nu_init < 0:
+            raise ValueError(f"nu_init must be >= 0, got {self.nu_init!r}")
+        self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
+        if not isinstance(self.cost_limits, (int, float)):
+            self.cost_limits = tuple(float(d) for d in self.cost_limits)
+
+
+# --------------------------------------------------------------------------------------
+# The maths, as pure functions
+# --------------------------------------------------------------------------------------
+
+
+def compute_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    dones: np.ndarray,
+    last_value: float | np.ndarray,
+    gamma: float,
+    lam: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised advantage estimation (Schulman et al. 2016) over one rollout.
+
+    ``rewards[t]`` and ``values[t]`` are those of step ``t`` (shape ``(N,)``, or
+    ``(N, m)`` for ``m`` signals such as one cost per constraint); ``dones[t]`` is 1
+    when the episode *ended* at step ``t`` (shape ``(N,)``), so nothing is
+    bootstrapped across it. ``last_value`` is the value of the state after the last
+    step (ignored when that step was terminal). Returns ``(advantages, returns)``
+    with ``returns = advantages + values``, the regression target of the critic.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    dones = np.asarray(dones, dtype=np.float64)
+    if rewards.ndim == 2:
+        dones = dones.reshape(-1, 1)
+    advantages = np.zeros_like(rewards)
+    gae = np.zeros_like(rewards[0]) if len(rewards) else np.zeros(())
+    next_value = np.asarray(last_value, dtype=np.float64)
+    for t in reversed(range(len(rewards))):
+        nonterminal = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_value * nonterminal - values[t]
+        gae = delta + gamma * lam * nonterminal * gae
+        advantages[t] = gae
+        next_value = values[t]
+    return advantages, advantages + values
+
+
+def update_multipliers(
+    nu: np.ndarray, mean_costs: np.ndarray, limits: np.ndarray, lr: float
+) -> np.ndarray:
+    """One projected gradient-ascent step on the Lagrange multipliers.
+
+    The Lagrangian ``J_r - sum_i nu_i (J_ci - d_i)`` is minimised over ``nu >= 0``
+    by the dual, so ``nu_i`` grows in proportion to the violation ``J_ci - d_i`` and
+    shrinks when the constraint has slack, but never below 0 (the projection).
+    """
+    nu = np.asarray(nu, dtype=np.float64)
+    step = lr * (np.asarray(mean_costs, dtype=np.float64) - np.asarray(limits, dtype=np.float64))
+    return np.maximum(0.0, nu + step)
+
+
+class PIDLagrangian:
+    """PID control of the multipliers (Stooke, Achiam & Abbeel, ICML 2020, Alg. 2).
+
+    Plain gradient ascent is the integral term alone, which overshoots and oscillates;
+    the proportional term reacts to the current violation and the derivative term to
+    a rising cost. Per constraint, with ``delta = J_c - d``::
+
+        I   <- max(0, I + delta)
+        D    = max(0, J_c - J_c_prev)       (0 on the first update)
+        nu   = max(0, kp * delta + ki * I + kd * D)
+
+    With ``kp = kd = 0`` and ``ki = lr`` this is exactly :func:`update_multipliers`.
+    """
+
+    def __init__(
+        self, num_constraints: int, kp: float, ki: float, kd: float, nu_init: float = 0.0
+    ):
+        self.kp, self.ki, self.kd = float(kp), float(ki), float(kd)
+        start = nu_init / self.ki if self.ki > 0 else 0.0
+        self.integral = np.full(num_constraints, start, dtype=np.float64)
+        self.prev_cost: np.ndarray | None = None
+        self.nu = np.full(num_constraints, float(nu_init), dtype=np.float64)
+
+    def update(self, mean_costs: np.ndarray, limits: np.ndarray) -> np.ndarray:
+        """Feed one measurement of the episode costs; return the new multipliers."""
+        cost = np.asarray(mean_costs, dtype=np.float64)
+        delta = cost - np.asarray(limits, dtype=np.float64)
+        self.integral = np.maximum(0.0, self.integral + delta)
+        deriv = np.zeros_like(cost) if self.prev_cost is None else np.maximum(0.0, cost - self.prev_cost)
+        self.prev_cost = cost.copy()
+        self.nu = np.maximum(0.0, self.kp * delta + self.ki * self.integral + self.kd * deriv)
+        return self.nu.copy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "integral": self.integral.tolist(),
+            "prev_cost": None if self.prev_cost is None else self.prev_cost.tolist(),
+            "nu": self.nu.tolist(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.integral = np.asarray(state["integral"], dtype=np.float64)
+        prev = state["prev_cost"]
+        self.prev_cost = None if prev is None else np.asarray(prev, dtype=np.float64)
+        self.nu = np.asarray(state["nu"], dtype=np.float64)
+
+
+def ppo_lagrangian_policy_loss(
+    new_logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv_r: torch.Tensor,
+    adv_cs: torch.Tensor | Sequence[torch.Tensor],
+    nus: Sequence[float] | np.ndarray | torch.Tensor,
+    clip: float,
+) -> torch.Tensor:
+    """The PPO-Lagrangian policy loss (to minimise).
+
+    ``[-clipped_surrogate(A_r) + sum_i nu_i * mean(ratio * A_ci)] / (1 + sum_i nu_i)``
+
+    The reward term is PPO's clipped surrogate; each cost term is the plain
+    importance-weighted cost advantage, penalised by its multiplier (making a costly
+    action *less* likely lowers the loss). Dividing by ``1 + sum nu`` keeps the
+    gradient's scale bounded as the multipliers grow. ``adv_cs`` is ``(m, B)`` or a
+    list of ``m`` tensors of shape ``(B,)``.
+    """
+    ratio = torch.exp(new_logp - old_logp)
+    surrogate = torch.min(ratio * adv_r, torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv_r)
+    loss = -surrogate.mean()
+    nus_t = torch.as_tensor(np.asarray(nus, dtype=np.float64), dtype=new_logp.dtype)
+    if nus_t.numel() == 0:
+        return loss
+    adv_c = adv_cs if isinstance(adv_cs, torch.Tensor) else torch.stack(list(adv_cs))
+    adv_c = adv_c.reshape(nus_t.numel(), -1)
+    penalty = (nus_t * (ratio.unsqueeze(0) * adv_c).mean(dim=1)).sum()
+    return (loss + penalty) / (1.0 + nus_t.sum())
+
+
+# --------------------------------------------------------------------------------------
+# Networks
+# --------------------------------------------------------------------------------------
+
+
+def mlp(
+    sizes: Sequence[int], out_gain: float, generator: torch.Generator
+) -> nn.Sequential:
+    """Tanh MLP with orthogonal init (hidden gain sqrt(2), output ``out_gain``), zero biases."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = nn.Linear(fan_in, fan_out)
+        last = i == len(sizes) - 2
+        nn.init.orthogonal_(linear.weight, out_gain if last else math.sqrt(2), generator=generator)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if not last:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class GaussianPolicy(nn.Module):
+    """Diagonal Gaussian over normalised actions: MLP mean, state-independent log std.
+
+    A small output gain (0.01) starts every mean near 0, i.e. mid-range actions.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int],
+        log_std_init: float,
+        generator: torch.Generator,
+    ):
+        super().__init__()
+        self.mean = mlp([obs_dim, *hidden, act_dim], 0.01, generator)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
+
+    def forward(self, obs: torch.Tensor) -> torch.distributions.Normal:
+        mean = self.mean(obs)
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+
+
+class Critics(nn.Module):
+    """One reward critic and one cost critic per constraint, each its own MLP."""
+
+    def __init__(
+        self, obs_dim: int, num_constraints: int, hidden: Sequence[int], generator: torch.Generator
+    ):
+        super().__init__()
+        self.reward = mlp([obs_dim, *hidden, 1], 1.0, generator)
+        self.costs = nn.ModuleList(
+            mlp([obs_dim, *hidden, 1], 1.0, generator) for _ in range(num_constraints)
+        )
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(v_r, v_c)`` with shapes ``(B,)`` and ``(B, m)``."""
+        v_r = self.reward(obs).squeeze(-1)
+        if len(self.costs) == 0:
+            return v_r, obs.new_zeros(obs.shape[0], 0)
+        return v_r, torch.cat([c(obs) for c in self.costs], dim=-1)
+
+
+# --------------------------------------------------------------------------------------
+# The agent
+# --------------------------------------------------------------------------------------
+
+EpisodeHook = Callable[["CPL", dict[str, Any]], None]
+
+
+@register_method("cpl")
+class CPL:
+    """PPO-Lagrangian pruning search (method id ``cpl``).
+
+    ``CPL(episodes=300, seed=0).search(env)`` trains on ``env`` for ``episodes``
+    episodes and returns the best feasible policy the env evaluated (see
+    :func:`rlprune.agents.base.finish`). Hyperparameters come from ``config`` and
+    keyword ``overrides`` (field names of :class:`CPLConfig`).
+
+    Hooks: ``on_episode(agent, info)`` after every episode (progress, checkpoints),
+    with ``info`` keys ``episode`` (0-based), ``reward``, ``costs`` (ratios),
+    ``multipliers`` (those in force during the episode), ``feasible``, ``accuracy``,
+    ``timesteps``, ``best_reward``; ``on_rollout(agent, info)`` after every update,
+    the freshest point to checkpoint. :meth:`state_dict` may be called anywhere: it
+    returns the state at the last rollout boundary.
+    """
+
+    name = "cpl"
+
+    def __init__(
+        self,
+        config: CPLConfig | None = None,
+        episodes: int = 300,
+        seed: int = 0,
+        progress: bool = True,
+        on_episode: EpisodeHook | None = None,
+        on_rollout: EpisodeHook | None = None,
+        **overrides: Any,
+    ):
+        config = copy.deepcopy(config) if config is not None else CPLConfig()
+        known = {f.name for f in fields(CPLConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown cpl option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}"
+            )
+        self.config = replace(config, **overrides) if overrides else config
+        if int(episodes) < 1:
+            raise ValueError(f"episodes must be >= 1, got {episodes!r}")
+        self.episodes = int(episodes)
+        self.seed = int(seed)
+        self.progress = progress
+        self.on_episode = on_episode
+        self.on_rollout = on_rollout
+        # training state, built from the env's spaces on the first search (or on load)
+        self.torch_gen = torch.Generator().manual_seed(self.seed)
+        self.np_rng = np.random.default_rng(self.seed)
+        self.policy: GaussianPolicy | None = None
+        self.critics: Critics | None = None
+        self.pi_opt: torch.optim.Adam | None = None
+        self.vf_opt: torch.optim.Adam | None = None
+        self.pid: PIDLagrangian | None = None
+        self.nu = np.zeros(0)
+        self.limits = np.zeros(0)
+        self.dims: dict[str, Any] = {}
+        self.episode = 0
+        self.timesteps = 0
+        self.curves: dict[str, list[float]] = {}
+        self._boundary: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- search (main loop)
+
+    def search(self, env: PruningEnv, budget: Budget | None = None) -> SearchResult:
+        """Train PPO-Lagrangian on ``env``; return the best feasible policy it evaluated.
+
+        ``budget`` is accepted for the common interface and ignored: the constraints
+        live in the env (``info["cost"]``). A ``KeyboardInterrupt`` stops the search
+        but keeps everything evaluated so far (``extra["interrupted"] = True``).
+        """
+        start_time = time.perf_counter()
+        cfg = self.config
+        self._setup(env)
+        T = self.dims["episode_steps"]
+        total = self._total_episodes(T)
+        eps_per_rollout = max(1, math.ceil(cfg.rollout_steps / T))
+        names = list(self.dims["constraint_names"])
+        bar = tqdm(
+            total=total, initial=min(self.episode, total), disable=not self.progress,
+            desc="cpl", unit="ep", dynamic_ncols=True,
+        )
+        interrupted = False
+        try:
+            obs, _ = env.reset(seed=self.seed if self.episode == 0 else None)
+            while self.episode < total:
+                # 1. rollout of whole episodes with the current policy and multipliers
+                env.history.tags["multipliers"] = [float(v) for v in self.nu]
+                n_eps = min(eps_per_rollout, total - self.episode)
+                batch, obs = self._collect_rollout(env, obs, n_eps, names, bar)
+                # 2. multipliers from the measured mean episode costs
+                mean_costs = batch["episode_costs"].mean(axis=0)
+                if cfg.lagrangian == "pid":
+                    assert self.pid is not None
+                    self.nu = self.pid.update(mean_costs, self.limits)
+                else:
+                    self.nu = update_multipliers(self.nu, mean_costs, self.limits, cfg.lagrangian_lr)
+                # 3. PPO update of policy and critics with the new multipliers
+                stats = self._ppo_update(batch)
+                self._mark_boundary(env)
+                if self.on_rollout is not None:
+                    self.on_rollout(self, {
+                        "episode": self.episode, "timesteps": self.timesteps,
+                        "mean_costs": mean_costs.tolist(),
+                        "multipliers": self.nu.tolist(), **stats,
+                    })
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+        return finish(
+            self.name, env, start_time,
+            multipliers=[float(v) for v in self.nu],
+            constraint_names=names,
+            curves={k: list(v) for k, v in self.curves.items()},
+            interrupted=interrupted,
+            episodes=self.episode,
+            timesteps=self.timesteps,
+            config=asdict(cfg),
+        )
+
+    def _collect_rollout(
+        self, env: PruningEnv, obs: np.ndarray, n_eps: int, names: list[str], bar: tqdm
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Run ``n_eps`` whole episodes; return the batch with GAE advantages."""
+        assert self.policy is not None and self.critics is not None
+        low, high = self.dims["action_low"], self.dims["action_high"]
+        m = len(self.limits)
+        obs_l, u_l, rew_l, cost_l, done_l, ep_costs = [], [], [], [], [], []
+        ep_reward, ep_cost = 0.0, np.zeros(m)
+        done_eps = 0
+        while done_eps < n_eps:
+            obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(-1))
+            with torch.no_grad():
+                dist = self.policy(obs_t)
+                # sample in normalised units; the env gets the rescaled, clipped action
+                u = dist.mean + dist.stddev * torch.randn(
+                    dist.mean.shape, generator=self.torch_gen
+                )
+            u_np = u.numpy().astype(np.float64)
+            action = np.clip(low + (u_np + 1.0) * 0.5 * (high - low), low, high)
+            next_obs, reward, terminated, truncated, info = env.step(action.astype(np.float32))
+            cost = np.asarray(info.get("cost", np.zeros(m)), dtype=np.float64).reshape(m)
+            done = bool(terminated or truncated)
+            obs_l.append(obs_t.numpy())
+            u_l.append(u_np)
+            rew_l.append(float(reward))
+            cost_l.append(cost)
+            done_l.append(float(done))
+            ep_reward += float(reward)
+            ep_cost += cost
+            self.timesteps += 1
+            obs = next_obs
+            if done:
+                ep_costs.append(ep_cost.copy())
+                self._end_episode(env, info, ep_reward, ep_cost, names, bar)
+                ep_reward, ep_cost = 0.0, np.zeros(m)
+                done_eps += 1
+                obs, _ = env.reset()
+
+        cfg = self.config
+        b_obs = torch.as_tensor(np.stack(obs_l))
+        b_u = torch.as_tensor(np.stack(u_l), dtype=torch.float32)
+        with torch.no_grad():
+            b_logp = self.policy(b_obs).log_prob(b_u).sum(-1)
+            v_r, v_c = self.critics(b_obs)
+        rewards, costs, dones = np.asarray(rew_l), np.stack(cost_l), np.asarray(done_l)
+        # every rollout ends on a terminal step, so there is nothing to bootstrap
+        adv_r, ret_r = compute_gae(
+            rewards, v_r.numpy(), dones, 0.0, cfg.gamma, cfg.gae_lambda
+        )
+        adv_c, ret_c = compute_gae(
+            costs, v_c.numpy(), dones, np.zeros(m), cfg.gamma, cfg.cost_gae_lambda
+        )
+        batch = {
+            "obs": b_obs, "u": b_u, "logp": b_logp,
+            "adv_r": adv_r, "ret_r": ret_r, "adv_c": adv_c, "ret_c": ret_c,
+            "episode_costs": np.stack(ep_costs),
+        }
+        return batch, obs
+
+    def _end_episode(
+        self,
+        env: PruningEnv,
+        info: dict[str, Any],
+        ep_reward: float,
+        ep_cost: np.ndarray,
+        names: list[str],
+        bar: tqdm,
+    ) -> None:
+        """Record one finished episode in the curves, the progress bar and the hook."""
+        nu = [float(v) for v in self.nu]
+        self.curves["episode"].append(float(self.episode))
+        self.curves["reward"].append(ep_reward)
+        for name, c, v in zip(names, ep_cost, nu):
+            self.curves[f"cost/{name}"].append(float(c))
+            self.curves[f"multiplier/{name}"].append(v)
+        best = env.history.best
+        best_reward = None if best is None else float(best.reward)
+        record = {
+            "episode": self.episode,
+            "reward": ep_reward,
+            "costs": [float(c) for c in ep_cost],
+            "multipliers": nu,
+            "feasible": bool(info.get("feasible", bool(np.all(ep_cost <= self.limits)))),
+            "accuracy": info.get("accuracy"),
+            "timesteps": self.timesteps,
+            "best_reward": best_reward,
+        }
+        self.episode += 1
+        bar.update(1)
+        if not bar.disable:
+            bar.set_postfix_str(
+                f"best={'-' if best_reward is None else f'{best_reward:.4f}'} "
+                f"cost=[{', '.join(f'{c:.3f}' for c in ep_cost)}] "
+                f"nu=[{', '.join(f'{v:.3f}' for v in nu)}]",
+                refresh=False,
+            )
+        if self.on_episode is not None:
+            self.on_episode(self, record)
+
+    def _ppo_update(self, batch: dict[str, Any]) -> dict[str, float]:
+        """Clipped PPO epochs over shuffled minibatches; early stop on the KL target."""
+        assert self.policy is not None and self.critics is not None
+        assert self.pi_opt is not None and self.vf_opt is not None
+        cfg = self.config
+        n = len(batch["obs"])
+        adv_r_all = torch.as_tensor(batch["adv_r"], dtype=torch.float32)
+        ret_r_all = torch.as_tensor(batch["ret_r"], dtype=torch.float32)
+        adv_c_all = torch.as_tensor(batch["adv_c"], dtype=torch.float32)
+        ret_c_all = torch.as_tensor(batch["ret_c"], dtype=torch.float32)
+        n_minibatches = max(1, n // cfg.minibatch_size)
+        stats = {"policy_loss": 0.0, "value_loss": 0.0, "approx_kl": 0.0, "epochs": 0.0}
+        for _epoch in range(cfg.update_epochs):
+            perm = self.np_rng.permutation(n)
+            for mb in np.array_split(perm, n_minibatches):
+                idx = torch.as_tensor(mb)
+                dist = self.policy(batch["obs"][idx])
+                new_logp = dist.log_prob(batch["u"][idx]).sum(-1)
+                logratio = new_logp - batch["logp"][idx]
+                with torch.no_grad():
+                    approx_kl = ((logratio.exp() - 1.0) - logratio).mean().item()
+                adv_r = adv_r_all[idx]
+                if cfg.norm_adv and len(mb) > 1:
+                    adv_r = (adv_r - adv_r.mean()) / (adv_r.std() + 1e-8)
+                adv_c = adv_c_all[idx]
+                adv_c = adv_c - adv_c.mean(dim=0)
+                pi_loss = ppo_lagrangian_policy_loss(
+                    new_logp, batch["logp"][idx], adv_r, adv_c.T, self.nu, cfg.clip_coef
+                )
+                if cfg.ent_coef:
+                    pi_loss = pi_loss - cfg.ent_coef * dist.entropy().sum(-1).mean()
+                self.pi_opt.zero_grad()
+                pi_loss.backward()
+                nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.pi_opt.step()
+
+                v_r, v_c = self.critics(batch["obs"][idx])
+                v_loss = ((v_r - ret_r_all[idx]) ** 2).mean()
+                if v_c.shape[1]:
+                    v_loss = v_loss + ((v_c - ret_c_all[idx]) ** 2).mean(dim=0).sum()
+                self.vf_opt.zero_grad()
+                v_loss.backward()
+                nn.utils.clip_grad_norm_(self.critics.parameters(), cfg.max_grad_norm)
+                self.vf_opt.step()
+                stats["policy_loss"], stats["value_loss"] = pi_loss.item(), v_loss.item()
+                stats["approx_kl"] = approx_kl
+            stats["epochs"] += 1
+            if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
+                break
+        return stats
+
+    # ---------------------------------------------------------------- setup and budget
+
+    def _total_episodes(self, episode_steps: int) -> int:
+        if self.config.total_timesteps is not None:
+            return max(1, math.ceil(self.config.total_timesteps / episode_steps))
+        return self.episodes
+
+    def _setup(self, env: PruningEnv) -> None:
+        """Read the spaces of ``env``; build networks and optimisers on first use."""
+        dims = _env_dims(env)
+        if self.policy is None:
+            self._build(dims)
+        else:
+            for key in ("obs_dim", "act_dim", "num_constraints"):
+                if self.dims[key] != dims[key]:
+                    raise ValueError(
+                        f"env {key}={dims[key]} differs from the agent's {key}={self.dims[key]}"
+                        " (a trained or restored agent must search the same kind of env)"
+                    )
+            self.dims.update(dims)
+        self._mark_boundary(env)
+
+    def _build(self, dims: dict[str, Any]) -> None:
+        cfg = self.config
+        m = dims["num_constraints"]
+        self.dims = dict(dims)
+        limits = cfg.cost_limits
+        if isinstance(limits, (int, float)):
+            self.limits = np.full(m, float(limits))
+        elif len(limits) == m:
+            self.limits = np.asarray(limits, dtype=np.float64)
+        else:
+            raise ValueError(
+                f"cost_limits has {len(limits)} values but the env has {m} constraints "
+                f"({', '.join(dims['constraint_names'])}); give one value or one per constraint"
+            )
+        self.policy = GaussianPolicy(
+            dims["obs_dim"], dims["act_dim"], cfg.hidden_sizes, cfg.log_std_init, self.torch_gen
+        )
+        self.critics = Critics(dims["obs_dim"], m, cfg.hidden_sizes, self.torch_gen)
+        self.pi_opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+        self.vf_opt = torch.optim.Adam(self.critics.parameters(), lr=cfg.learning_rate, eps=1e-5)
+        self.nu = np.full(m, cfg.nu_init, dtype=np.float64)
+        self.pid = (
+            PIDLagrangian(m, cfg.pid_kp, cfg.pid_ki, cfg.pid_kd, cfg.nu_init)
+            if cfg.lagrangian == "pid"
+            else None
+        )
+        self.curves = {"episode": [], "reward": []}
+        for name in dims["constraint_names"]:
+            self.curves[f"cost/{name}"] = []
+            self.curves[f"multiplier/{name}"] = []
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _capture(self, history_len: int | None) -> dict[str, Any]:
+        """A deep copy of the whole training state (taken at rollout boundaries)."""
+        assert self.policy is not None and self.critics is not None
+        assert self.pi_opt is not None and self.vf_opt is not None
+        return copy.deepcopy({
+            "version": 1,
+            "built": True,
+            "config": asdict(self.config),
+            "seed": self.seed,
+            "episodes": self.episodes,
+            "dims": self.dims,
+            "policy": self.policy.state_dict(),
+            "critics": self.critics.state_dict(),
+            "pi_opt": self.pi_opt.state_dict(),
+            "vf_opt": self.vf_opt.state_dict(),
+            "nu": self.nu.tolist(),
+            "limits": self.limits.tolist(),
+            "pid": None if self.pid is None else self.pid.state_dict(),
+            "torch_rng": self.torch_gen.get_state(),
+            "numpy_rng": self.np_rng.bit_generator.state,
+            "episode": self.episode,
+            "timesteps": self.timesteps,
+            "curves_len": len(self.curves.get("episode", [])),
+            "history_len": history_len,
+        })
+
+    def _mark_boundary(self, env: PruningEnv) -> None:
+        history = getattr(env, "history", None)
+        self._boundary = self._capture(None if history is None else len(history))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume, as of the last rollout boundary.
+
+        Called mid-rollout (e.g. from ``on_episode``) it still returns the state at the
+        start of that rollout, which is consistent: a resumed agent re-runs the rollout
+        exactly. ``history_len`` is ``len(env.history)`` at that boundary, so a resumer
+        can drop candidates the agent will evaluate again.
+        """
+        if self._boundary is None:
+            return {
+                "version": 1, "built": False, "config": asdict(self.config),
+                "seed": self.seed, "episodes": self.episodes, "episode": 0,
+            }
+        state = copy.deepcopy(self._boundary)
+        state["curves"] = {k: v[: state["curves_len"]] for k, v in self.curves.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the next :meth:`search` continues from it.
+
+        The saved config and seed replace this agent's (the networks depend on them);
+        the episode budget stays this agent's, so a resumed run can also be extended.
+        """
+        state = copy.deepcopy(state)
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported cpl state version {state.get('version')!r}")
+        self.config = CPLConfig(**state["config"])
+        self.seed = int(state["seed"])
+        self.torch_gen = torch.Generator().manual_seed(self.seed)
+        self.np_rng = np.random.default_rng(self.seed)
+        if not state["built"]:
+            self.policy = None
+            self._boundary = None
+            return
+        self._build(state["dims"])
+        assert self.policy is not None and self.critics is not None
+        assert self.pi_opt is not None and self.vf_opt is not None
+        self.policy.load_state_dict(state["policy"])
+        self.critics.load_state_dict(state["critics"])
+        self.pi_opt.load_state_dict(state["pi_opt"])
+        self.vf_opt.load_state_dict(state["vf_opt"])
+        self.nu = np.asarray(state["nu"], dtype=np.float64)
+        self.limits = np.asarray(state["limits"], dtype=np.float64)
+        if self.pid is not None and state["pid"] is not None:
+            self.pid.load_state_dict(state["pid"])
+        self.torch_gen.set_state(state["torch_rng"])
+        self.np_rng.bit_generator.state = state["numpy_rng"]
+        self.episode = int(state["episode"])
+        self.timesteps = int(state["timesteps"])
+        self.curves = {k: list(v) for k, v in state["curves"].items()}
+        self._boundary = copy.deepcopy(state)
+
+
+def _env_dims(env: PruningEnv) -> dict[str, Any]:
+    """The sizes the agent needs from the env contract, with clear errors if absent."""
+    obs_space, act_space = env.observation_space, env.action_space
+    if getattr(obs_space, "shape", None) is None or len(obs_space.shape) != 1:
+        raise ValueError(f"cpl needs a flat Box observation space, got {obs_space!r}")
+    if getattr(act_space, "shape", None) is None or len(act_space.shape) != 1:
+        raise ValueError(f"cpl needs a flat Box action space (prune ratios), got {act_space!r}")
+    steps = getattr(env, "max_episode_steps", None)
+    if steps is None:
+        steps = len(env.space)
+    names = list(getattr(env, "constraint_names", []))
+    m = int(getattr(env, "num_constraints", len(names)))
+    if len(names) != m:
+        names = [f"c{i}" for i in range(m)]
+    return {
+        "obs_dim": int(obs_space.shape[0]),
+        "act_dim": int(act_space.shape[0]),
+        "num_constraints": m,
+        "constraint_names": names,
+        "episode_steps": int(steps),
+        "action_low": np.asarray(act_space.low, dtype=np.float64),
+        "action_high": np.asarray(act_space.high, dtype=np.float64),
+    }

@@ -1,0 +1,832 @@
+"""What a model costs, and the budget it must fit.
+
+A *cost* is any function of a model that returns a float: parameters, MACs, measured
+CPU latency, or a black-box callable the user supplies. Costs are neither assumed
+differentiable nor noise-free; the search only ever evaluates them.
+
+Built-in costs (``list_costs()``):
+
+========================  =========================================================
+``params``                number of parameter entries (shared parameters once)
+``nonzero_params``        number of nonzero parameter entries (weight pruning)
+``macs``                  multiply-accumulates of one forward pass at batch 1
+``flops``                 ``2 * macs`` (one multiply plus one add per MAC)
+``latency_ms``            median CPU latency of one forward pass, in milliseconds
+``memory_mb``             weights plus peak activations of one input, in MiB
+``disk_mb``               size of ``torch.save(model.state_dict())``, in MiB
+========================  =========================================================
+
+Every cost is called as ``cost(model, example_input)``; user callables that take only
+the model are wrapped so that they can be used the same way. Register your own with
+:func:`register_cost` (usable as a decorator, timm-style)::
+
+    @register_cost("conv_channels")
+    def conv_channels(model: nn.Module) -> float: ...
+
+A :class:`Budget` is an ordered list of constraints ``cost <= limit``. Limits of the
+*size* costs (params, nonzero_params, macs, flops, memory_mb, disk_mb) that are ``<= 1``
+are fractions of the original model's value, larger ones are absolute; a ``%`` suffix
+always means a fraction of the original. ``Budget.bind(original, example_input)``
+resolves the limits once and returns a :class:`BoundBudget` whose ``ratios(model)`` is
+the cheap ``value / limit`` vector the environment and the agents use (``<= 1`` holds).
+
+This module sits left of :mod:`rlprune.space` in the architecture and must not import it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "Cost",
+    "CostFn",
+    "Constraint",
+    "Budget",
+    "BoundBudget",
+    "BudgetInfeasibleError",
+    "register_cost",
+    "get_cost",
+    "list_costs",
+    "count_params",
+    "count_nonzero",
+    "count_nonzero_params",
+    "count_macs",
+    "count_flops",
+    "layer_macs",
+    "measure_latency_ms",
+    "latency_cost",
+    "estimate_memory_mb",
+    "disk_size_mb",
+]
+
+#: An example input: one tensor, or a tuple of tensors passed as positional arguments.
+ExampleInput = torch.Tensor | Sequence[torch.Tensor]
+#: What :func:`register_cost` accepts: ``fn(model)`` or ``fn(model, example_input)``.
+CostFn = Callable[..., float]
+
+_MIB = float(2**20)
+_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+BUDGET_SYNTAX = (
+    "NAME<=NUMBER or NAME<=NUMBER%, comma-separated, e.g. 'params<=0.3,flops<=50%,latency_ms<=2'"
+)
+
+
+class BudgetInfeasibleError(ValueError):
+    """The budget cannot be met even by the most aggressive pruning the space allows.
+
+    ``failures`` maps each failing constraint's name to ``(smallest reachable value,
+    limit)`` so that callers can report or relax it programmatically.
+    """
+
+    def __init__(self, message: str, failures: Mapping[str, tuple[float, float]] | None = None):
+        super().__init__(message)
+        self.failures: dict[str, tuple[float, float]] = dict(failures or {})
+
+
+# ------------------------------------------------------------------------ helpers
+def _first_sample(x: ExampleInput) -> ExampleInput:
+    """Batch 1 of an example input: costs are defined per sample."""
+    if isinstance(x, torch.Tensor):
+        return x[:1]
+    return tuple(t[:1] for t in x)
+
+
+def _forward(model: nn.Module, x: ExampleInput) -> Any:
+    if isinstance(x, torch.Tensor):
+        return model(x)
+    return model(*x)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode and restore each one's own flag afterwards.
+
+    Costs must not change the model they measure; eval mode also keeps batch norm
+    from failing on a batch of one.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor inside a (possibly nested) module input or output."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, Mapping):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+def _nbytes(obj: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in _tensors(obj))
+
+
+# ------------------------------------------------------------- size-type costs
+def count_params(model: nn.Module) -> float:
+    """Number of parameter entries; a parameter shared by several modules counts once."""
+    return float(sum(p.numel() for p in model.parameters()))
+
+
+def count_nonzero(model: nn.Module) -> float:
+    """Number of nonzero parameter entries: what weight (unstructured) pruning reduces."""
+    with torch.no_grad():
+        return float(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
+
+
+count_nonzero_params = count_nonzero
+
+
+def disk_size_mb(model: nn.Module) -> float:
+    """Size in MiB of ``torch.save(model.state_dict())`` written to memory.
+
+    Weight pruning leaves this unchanged (zeros are stored densely); channel pruning
+    shrinks it.
+    """
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.tell() / _MIB
+
+
+# ------------------------------------------------------------------------- MACs
+# MACs are computed analytically: a hooked forward pass at batch 1 records, once per
+# model *structure*, how many output positions each Conv/Linear call produces (the
+# spatial size, which channel pruning never changes). Afterwards the MACs of any model
+# with the same structure - every candidate of a pruning search - follow from the
+# modules' current channel counts without running the model.
+
+_MacRecord = tuple[str, str, int]  # (module name, "conv" | "convT" | "linear", positions)
+_MAC_TABLES: OrderedDict[tuple[Any, ...], list[_MacRecord]] = OrderedDict()
+_MAC_TABLES_MAX = 64
+
+
+def _structure_key(model: nn.Module, x: ExampleInput) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A key that changes whenever output spatial sizes could change, and a name map.
+
+    It holds the model's class, the per-sample input shape, and every module's name and
+    class, with conv geometry (kernel, stride, padding, dilation) and the ``extra_repr``
+    of parameter-free leaf modules (pooling sizes, flatten dims, ...). Channel counts
+    are deliberately left out: they are what pruning changes and what the analytic
+    formula reads from the modules.
+    """
+    shapes = (
+        (tuple(x.shape[1:]), x.dtype)
+        if isinstance(x, torch.Tensor)
+        else tuple((tuple(t.shape[1:]), t.dtype) for t in x)
+    )
+    parts: list[Any] = [type(model).__module__, type(model).__qualname__, shapes]
+    names: dict[str, Any] = {}
+    for name, m in model.named_modules():
+        names[name] = m
+        if isinstance(m, nn.modules.conv._ConvNd):
+            parts.append((name, type(m).__name__, m.kernel_size, m.stride, m.padding,
+                          m.dilation, getattr(m, "output_padding", None)))
+        elif isinstance(m, nn.Linear):
+            parts.append((name, "Linear"))
+        elif not m._modules and not m._parameters:
+            parts.append((name, type(m).__name__, m.extra_repr()))
+        else:
+            parts.append((name, type(m).__name__))
+    return tuple(parts), names
+
+
+def _build_mac_table(model: nn.Module, x: ExampleInput) -> list[_MacRecord]:
+    """Run one hooked batch-1 forward pass and record each Conv/Linear call's positions."""
+    records: list[_MacRecord] = []
+    hooks = []
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(m: nn.Module, inputs: Any, output: Any) -> None:
+            out = next(_tensors(output))
+            if isinstance(m, nn.Linear):
+                inp = next(_tensors(inputs))
+                records.append((name, "linear", inp.numel() // max(1, m.in_features)))
+            elif isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
+                inp = next(_tensors(inputs))
+                records.append((name, "convT", inp.numel() // max(1, m.in_channels)))
+            else:
+                records.append((name, "conv", out.numel() // max(1, out.shape[1])))
+
+        return hook
+
+    seen: set[int] = set()
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and id(m) not in seen:
+            seen.add(id(m))
+            hooks.append(m.register_forward_hook(make_hook(name)))
+    try:
+        with _eval_mode(model), torch.no_grad():
+            _forward(model, _first_sample(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    return records
+
+
+def _mac_table(model: nn.Module, x: ExampleInput) -> tuple[list[_MacRecord], dict[str, Any]]:
+    key, names = _structure_key(model, x)
+    table = _MAC_TABLES.get(key)
+    if table is None:
+        table = _build_mac_table(model, x)
+        _MAC_TABLES[key] = table
+        if len(_MAC_TABLES) > _MAC_TABLES_MAX:
+            _MAC_TABLES.popitem(last=False)
+    else:
+        _MAC_TABLES.move_to_end(key)
+    return table, names
+
+
+def _record_macs(m: nn.Module, kind: str, positions: int) -> int:
+    if kind == "linear":
+        return positions * m.in_features * m.out_features
+    k = math.prod(m.kernel_size)
+    if kind == "convT":
+        return positions * m.in_channels * (m.out_channels // m.groups) * k
+    return positions * m.out_channels * (m.in_channels // m.groups) * k
+
+
+def layer_macs(model: nn.Module, example_input: ExampleInput) -> dict[str, int]:
+    """MACs of each Conv/Linear module (by module name) for one sample.
+
+    A module called several times in one forward pass gets the sum of its calls.
+    Modules the forward pass never reaches cost nothing and are absent.
+    """
+    table, names = _mac_table(model, example_input)
+    out: dict[str, int] = {}
+    for name, kind, positions in table:
+        out[name] = out.get(name, 0) + _record_macs(names[name], kind, positions)
+    return out
+
+
+def count_macs(model: nn.Module, example_input: ExampleInput) -> float:
+    """Multiply-accumulates of one forward pass at batch 1 (the first sample of the input).
+
+    Counted for every ``Conv{1,2,3}d`` (grouped and depthwise convs count
+    ``in_channels / groups`` inputs per output), transposed conv and ``Linear`` call:
+    ``positions x out_channels x in_channels/groups x kernel`` for convs and
+    ``rows x in_features x out_features`` for Linear. Batch norm, activations,
+    pooling, bias additions and element-wise ops are *not* counted: they are linear in
+    the activation size rather than in the weights, and batch norm folds into the
+    preceding conv at deployment. This is the convention of AMC and of most pruning
+    papers' "FLOPs" tables.
+
+    The output positions of each layer are recorded once per model structure by a
+    hooked batch-1 forward pass and cached, so computing the MACs of a channel-pruned
+    candidate reads the layers' widths without running the model.
+    """
+    table, names = _mac_table(model, example_input)
+    return float(sum(_record_macs(names[n], kind, pos) for n, kind, pos in table))
+
+
+def count_flops(model: nn.Module, example_input: ExampleInput) -> float:
+    """Floating-point operations of one forward pass at batch 1: ``2 * count_macs``.
+
+    One MAC is one multiply and one add. (Some papers call MACs "FLOPs"; rlprune keeps
+    the two apart, and a relative budget such as ``flops<=50%`` means the same either way.)
+    """
+    return 2.0 * count_macs(model, example_input)
+
+
+# ------------------------------------------------------------------ memory, latency
+def estimate_memory_mb(model: nn.Module, example_input: ExampleInput) -> float:
+    """Weights plus peak activation memory of one input, in MiB (2**20 bytes).
+
+    ``weights`` = bytes of every parameter and buffer. ``peak activations`` = the
+    largest, over every leaf-module call in one batch-1 forward pass (in eval mode), of
+    the bytes of that call's input tensors plus its output tensors - the two buffers
+    that must be live at once while the layer runs - and at least the model's own input
+    plus output. Skip connections that keep more tensors alive are not counted: this
+    is a lower bound on the peak that scales like the real one under pruning, and it
+    is deterministic.
+    """
+    weights = sum(t.numel() * t.element_size() for t in model.parameters())
+    weights += sum(t.numel() * t.element_size() for t in model.buffers())
+    peak = 0
+    hooks = []
+
+    def hook(m: nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal peak
+        peak = max(peak, _nbytes(inputs) + _nbytes(output))
+
+    for m in model.modules():
+        if not m._modules:
+            hooks.append(m.register_forward_hook(hook))
+    x = _first_sample(example_input)
+    try:
+        with _eval_mode(model), torch.no_grad():
+            out = _forward(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    peak = max(peak, _nbytes(x) + _nbytes(out))
+    return (weights + peak) / _MIB
+
+
+def measure_latency_ms(
+    model: nn.Module,
+    example_input: ExampleInput,
+    batch_size: int = 1,
+    num_threads: int = 1,
+    repeats: int = 7,
+    min_repeat_s: float = 0.01,
+) -> float:
+    """Median CPU wall time of one forward pass, in milliseconds.
+
+    The first sample of ``example_input`` is repeated to ``batch_size``; the model runs
+    in eval mode under ``torch.inference_mode`` with ``num_threads`` intra-op threads
+    (fixed so that measurements are comparable). After two warm-up calls, each of
+    ``repeats`` measurements times enough calls to last about ``min_repeat_s`` and the
+    median of the per-call times is returned. The value is noisy: budgets re-check it.
+    """
+    from torch.utils import benchmark
+
+    if batch_size < 1 or num_threads < 1 or repeats < 1:
+        raise ValueError(
+            f"batch_size, num_threads and repeats must be >= 1, got {batch_size}, "
+            f"{num_threads}, {repeats}"
+        )
+    x1 = _first_sample(example_input)
+    if isinstance(x1, torch.Tensor):
+        args: tuple[torch.Tensor, ...] = (x1.expand(batch_size, *x1.shape[1:]).contiguous(),)
+    else:
+        args = tuple(t.expand(batch_size, *t.shape[1:]).contiguous() for t in x1)
+    with _eval_mode(model), torch.inference_mode():
+        timer = benchmark.Timer(
+            stmt="model(*args)", globals={"model": model, "args": args}, num_threads=num_threads
+        )
+        once = timer.timeit(2).mean  # warm-up, and a first estimate of one call
+        number = max(1, int(min_repeat_s / max(once, 1e-7)))
+        times = [timer.timeit(number).mean for _ in range(repeats)]
+    return float(np.median(times)) * 1e3
+
+
+def latency_cost(
+    batch_size: int = 1, num_threads: int = 1, repeats: int = 7, min_repeat_s: float = 0.01
+) -> Callable[[nn.Module, ExampleInput], float]:
+    """A latency cost with fixed settings, e.g. to register ``latency_b32_ms``.
+
+    ``register_cost("latency_b32_ms", latency_cost(batch_size=32), noisy=True)``.
+    """
+
+    def latency(model: nn.Module, example_input: ExampleInput) -> float:
+        return measure_latency_ms(
+            model, example_input, batch_size=batch_size, num_threads=num_threads,
+            repeats=repeats, min_repeat_s=min_repeat_s,
+        )
+
+    latency.__doc__ = (
+        f"CPU latency in ms at batch {batch_size}, {num_threads} thread(s), "
+        f"median of {repeats}."
+    )
+    return latency
+
+
+# ---------------------------------------------------------------------- registry
+def _takes_input(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` accepts a second positional argument (the example input)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    n = 0
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            return True
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            n += 1
+    return n >= 2
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A named cost function with what the budget machinery needs to know about it.
+
+    ``relative``: limits ``<= 1`` mean a fraction of the original model's value (size
+    costs); otherwise a bare limit is absolute. ``noisy``: repeated measurements differ
+    (latency), so feasibility is re-checked. ``takes_input``: ``fn(model, example_input)``
+    rather than ``fn(model)``.
+    """
+
+    name: str
+    fn: CostFn
+    relative: bool = False
+    noisy: bool = False
+    takes_input: bool = False
+    unit: str = ""
+
+    def __call__(self, model: nn.Module, example_input: ExampleInput | None = None) -> float:
+        """Evaluate the cost; the value must be a finite real number."""
+        if self.takes_input:
+            if example_input is None:
+                raise ValueError(f"cost {self.name!r} needs an example input")
+            value = self.fn(model, example_input)
+        else:
+            value = self.fn(model)
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"cost {self.name!r} returned {value!r}; a cost must return a number"
+            ) from None
+        if math.isnan(v):
+            raise ValueError(f"cost {self.name!r} returned NaN")
+        return v
+
+
+_COSTS: dict[str, Cost] = {}
+
+
+def _make_cost(
+    name: str,
+    fn: CostFn,
+    relative: bool,
+    noisy: bool,
+    unit: str,
+    takes_input: bool | None,
+) -> Cost:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"cost name {name!r} must be lower-case letters, digits and '_' (starting with "
+            "a letter or '_') so that it can be written in a budget string"
+        )
+    if not callable(fn):
+        raise ValueError(f"cost {name!r}: {fn!r} is not callable")
+    ti = _takes_input(fn) if takes_input is None else bool(takes_input)
+    return Cost(name, fn, relative=relative, noisy=noisy, takes_input=ti, unit=unit)
+
+
+def register_cost(
+    name: str,
+    fn: CostFn | None = None,
+    *,
+    relative: bool = False,
+    noisy: bool = False,
+    unit: str = "",
+    takes_input: bool | None = None,
+    overwrite: bool = False,
+) -> Any:
+    """Register ``fn`` as the cost ``name``; without ``fn``, return a decorator.
+
+    ``fn`` is ``fn(model) -> float`` or ``fn(model, example_input) -> float`` (detected
+    from its signature unless ``takes_input`` says). ``relative=True`` lets budgets state
+    its limit as a fraction of the original model's value when ``<= 1`` (like params);
+    ``noisy=True`` marks measured costs that must be re-checked. Re-registering a name
+    raises ``ValueError`` unless ``overwrite=True``.
+    """
+
+    def deco(f: CostFn) -> CostFn:
+        cost = _make_cost(name, f, relative, noisy, unit, takes_input)
+        if cost.name in _COSTS and not overwrite:
+            raise ValueError(f"cost {name!r} is already registered (pass overwrite=True)")
+        _COSTS[cost.name] = cost
+        return f
+
+    if fn is None:
+        return deco
+    deco(fn)
+    return fn
+
+
+def list_costs() -> list[str]:
+    """Names of the registered costs, in registration order (built-ins first)."""
+    return list(_COSTS)
+
+
+def get_cost(name: str) -> Cost:
+    """The registered cost ``name``; unknown names raise ``ValueError`` listing the known ones."""
+    key = str(name).strip().lower()
+    if key not in _COSTS:
+        raise ValueError(f"unknown cost {name!r}; known costs: {', '.join(list_costs())}")
+    return _COSTS[key]
+
+
+register_cost("params", count_params, relative=True, unit="params")
+register_cost("nonzero_params", count_nonzero, relative=True, unit="params")
+register_cost("macs", count_macs, relative=True, unit="MACs")
+register_cost("flops", count_flops, relative=True, unit="FLOPs")
+register_cost("latency_ms", measure_latency_ms, noisy=True, unit="ms", takes_input=True)
+register_cost("memory_mb", estimate_memory_mb, relative=True, unit="MiB")
+register_cost("disk_mb", disk_size_mb, relative=True, unit="MiB")
+
+
+# ------------------------------------------------------------------------ budget
+def _fmt_number(v: float) -> str:
+    """Shortest text that parses back to the same float (``2.0`` -> ``2``)."""
+    s = repr(float(v))
+    return s[:-2] if s.endswith(".0") else s
+
+
+def _parse_limit(name: str, raw: float | int | str, term: str) -> tuple[float, bool]:
+    """``(number as written, percent?)`` of one limit; rejects non-positive and non-finite."""
+    hint = f"accepted syntax: {BUDGET_SYNTAX}"
+    percent = False
+    if isinstance(raw, bool):
+        raise ValueError(f"budget limit for {name!r} must be a number, got {raw!r}; {hint}")
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.endswith("%"):
+            percent, text = True, text[:-1].strip()
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(
+                f"bad limit {raw!r} in budget term {term!r}: not a number; {hint}"
+            ) from None
+    elif isinstance(raw, (int, float, np.integer, np.floating)):
+        value = float(raw)
+    else:
+        raise ValueError(f"budget limit for {name!r} must be a number, got {raw!r}; {hint}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"bad limit {raw!r} in budget term {term!r}: limits must be positive and finite; "
+            f"{hint}"
+        )
+    return value, percent
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One hard constraint ``cost(model) <= limit``.
+
+    ``value`` is the number as written and ``percent`` whether it had a ``%``; the
+    limit is *relative* (a fraction of the original model's cost) when written with
+    ``%``, or when the cost is a size cost (``Cost.relative``) and ``value <= 1``.
+    """
+
+    name: str
+    cost: Cost
+    value: float
+    percent: bool = False
+
+    @property
+    def relative(self) -> bool:
+        """Whether the limit is a fraction of the original model's value."""
+        return self.percent or (self.cost.relative and self.value <= 1.0)
+
+    @property
+    def fraction(self) -> float | None:
+        """The limit as a fraction of the original (``None`` for absolute limits)."""
+        if self.percent:
+            return self.value / 100.0
+        return self.value if self.relative else None
+
+    def resolve(self, original_value: float) -> float:
+        """The absolute limit, given the original model's value of this cost."""
+        frac = self.fraction
+        return self.value if frac is None else frac * original_value
+
+    def __str__(self) -> str:
+        return f"{self.name}<={_fmt_number(self.value)}{'%' if self.percent else ''}"
+
+
+def _safe_ratio(a: float, b: float) -> float:
+    if b == 0:
+        return 0.0 if a <= 0 else math.inf
+    return a / b
+
+
+class Budget:
+    """Several hard constraints at once; each holds iff ``value <= limit`` (no tolerance).
+
+    Build with keywords, one per registered cost, and ``custom`` for unregistered
+    callables::
+
+        Budget(params=0.3, flops="50%", latency_ms=2.0,
+               custom={"conv_channels": (fn, 300)})
+        Budget.parse("params<=0.3,flops<=50%,latency_ms<=2")
+
+    For ``params``, ``nonzero_params``, ``macs``, ``flops``, ``memory_mb`` and
+    ``disk_mb`` (costs registered with ``relative=True``) a limit ``<= 1`` is a
+    fraction of the original model's value and a limit ``> 1`` an absolute value;
+    ``latency_ms`` and custom costs are absolute; ``NN%`` is always a fraction of
+    the original. Limits must be positive. Constraints keep the order given, which is
+    the order of :meth:`BoundBudget.ratios`.
+    """
+
+    def __init__(
+        self,
+        constraints: Sequence[Constraint] = (),
+        *,
+        custom: Mapping[str, tuple[CostFn, float | str]] | None = None,
+        **limits: float | str,
+    ):
+        items: list[Constraint] = list(constraints)
+        for name, raw in limits.items():
+            cost = get_cost(name)
+            value, percent = _parse_limit(name, raw, f"{name}={raw!r}")
+            items.append(Constraint(cost.name, cost, value, percent))
+        for name, spec in (custom or {}).items():
+            if not (isinstance(spec, tuple) and len(spec) == 2):
+                raise ValueError(
+                    f"custom constraint {name!r} must be a (callable, limit) pair, got {spec!r}"
+                )
+            fn, raw = spec
+            if str(name).lower() in _COSTS:
+                raise ValueError(
+                    f"custom cost name {name!r} shadows the registered cost of that name; "
+                    "pick another name"
+                )
+            cost = _make_cost(str(name), fn, False, False, "", None)
+            value, percent = _parse_limit(name, raw, f"{name}={raw!r}")
+            items.append(Constraint(cost.name, cost, value, percent))
+        if not items:
+            raise ValueError(f"a budget needs at least one constraint; {BUDGET_SYNTAX}")
+        seen: set[str] = set()
+        for c in items:
+            if c.name in seen:
+                raise ValueError(f"cost {c.name!r} appears twice in the budget")
+            seen.add(c.name)
+        self._constraints: tuple[Constraint, ...] = tuple(items)
+
+    # -------------------------------------------------------------- construction
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """Parse ``"params<=0.3,flops<=50%,latency_ms<=2"`` (names of registered costs).
+
+        Raises ``ValueError`` naming the bad term and the accepted syntax for empty
+        strings, operators other than ``<=``, non-numbers, non-positive limits,
+        unknown names and duplicates.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"empty budget {text!r}; expected {BUDGET_SYNTAX}")
+        term_re = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*<=\s*(\S.*?)\s*$")
+        items: list[Constraint] = []
+        seen: set[str] = set()
+        for term in text.split(","):
+            m = term_re.match(term)
+            if m is None:
+                raise ValueError(
+                    f"malformed budget term {term.strip()!r} in {text!r}: expected {BUDGET_SYNTAX}"
+                )
+            name = m.group(1).lower()
+            if name not in _COSTS:
+                raise ValueError(
+                    f"unknown cost {m.group(1)!r} in budget term {term.strip()!r}; known costs: "
+                    f"{', '.join(list_costs())}; syntax: {BUDGET_SYNTAX}"
+                )
+            if name in seen:
+                raise ValueError(
+                    f"cost {name!r} appears twice in budget {text!r}; give each cost once"
+                )
+            seen.add(name)
+            value, percent = _parse_limit(name, m.group(2), term.strip())
+            items.append(Constraint(name, _COSTS[name], value, percent))
+        return cls(items)
+
+    @classmethod
+    def coerce(cls, budget: Budget | str | Mapping[str, float | str]) -> Budget:
+        """A :class:`Budget` from a budget, a budget string or a ``{name: limit}`` mapping."""
+        if isinstance(budget, Budget):
+            return budget
+        if isinstance(budget, str):
+            return cls.parse(budget)
+        if isinstance(budget, Mapping):
+            return cls(**{str(k): v for k, v in budget.items()})
+        raise ValueError(f"cannot make a budget from {budget!r}; {BUDGET_SYNTAX}")
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def constraints(self) -> tuple[Constraint, ...]:
+        return self._constraints
+
+    @property
+    def names(self) -> list[str]:
+        """Constraint names in order."""
+        return [c.name for c in self._constraints]
+
+    def __len__(self) -> int:
+        return len(self._constraints)
+
+    def __iter__(self) -> Iterator[Constraint]:
+        return iter(self._constraints)
+
+    def __str__(self) -> str:
+        return ",".join(str(c) for c in self._constraints)
+
+    def __repr__(self) -> str:
+        return f"Budget.parse({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Budget):
+            return NotImplemented
+        return [(c.name, c.value, c.percent, c.cost.fn) for c in self] == [
+            (c.name, c.value, c.percent, c.cost.fn) for c in other
+        ]
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def measure(self, model: nn.Module, example_input: ExampleInput | None = None) -> dict[str, float]:
+        """Each constraint's cost of ``model``, by name."""
+        return {c.name: c.cost(model, example_input) for c in self._constraints}
+
+    def limits(
+        self, original: nn.Module, example_input: ExampleInput | None = None
+    ) -> dict[str, float]:
+        """Absolute limits, resolving relative ones against ``original``."""
+        return self.bind(original, example_input).limits
+
+    def bind(self, original: nn.Module, example_input: ExampleInput | None = None) -> BoundBudget:
+        """Measure ``original`` once and resolve every limit: the object searches use."""
+        return BoundBudget(self, self.measure(original, example_input), example_input)
+
+    def evaluate(
+        self, model: nn.Module, original: nn.Module, example_input: ExampleInput | None = None
+    ) -> dict[str, dict[str, float | bool]]:
+        """Per constraint: value, original, limit, ratio (value / original) and ok."""
+        return self.bind(original, example_input).evaluate(model)
+
+
+class BoundBudget:
+    """A budget whose limits are resolved against one original model.
+
+    ``original`` holds the original model's cost values and ``limits`` the absolute
+    limits, both by name; ``limit_vector`` is the limits in constraint order. Measuring
+    a candidate costs only the candidate's own cost evaluations.
+    """
+
+    def __init__(
+        self,
+        budget: Budget,
+        original: Mapping[str, float],
+        example_input: ExampleInput | None = None,
+    ):
+        self.budget = budget
+        self.example_input = example_input
+        self.original: dict[str, float] = {c.name: float(original[c.name]) for c in budget}
+        self.limits: dict[str, float] = {c.name: c.resolve(self.original[c.name]) for c in budget}
+        self.limit_vector = np.array([self.limits[c.name] for c in budget], dtype=np.float64)
+
+    @property
+    def names(self) -> list[str]:
+        return self.budget.names
+
+    @property
+    def noisy(self) -> bool:
+        """Whether any constraint is measured with noise (its feasibility must be re-checked)."""
+        return any(c.cost.noisy for c in self.budget)
+
+    def __len__(self) -> int:
+        return len(self.budget)
+
+    def __str__(self) -> str:
+        return str(self.budget)
+
+    def measure(self, model: nn.Module) -> dict[str, float]:
+        """Each constraint's cost of ``model``, by name."""
+        return self.budget.measure(model, self.example_input)
+
+    def ratios_of(self, values: Mapping[str, float]) -> np.ndarray:
+        """``value_i / limit_i`` in constraint order from already measured values."""
+        return np.array(
+            [_safe_ratio(values[n], lim) for n, lim in zip(self.names, self.limit_vector)],
+            dtype=np.float64,
+        )
+
+    def ratios(self, model: nn.Module) -> np.ndarray:
+        """``value_i / limit_i`` of ``model`` in constraint order; ``<= 1`` is feasible."""
+        return self.ratios_of(self.measure(model))
+
+    def ok_of(self, values: Mapping[str, float]) -> bool:
+        """Whether every constraint holds (``value <= limit``) for measured values."""
+        return all(values[n] <= lim for n, lim in zip(self.names, self.limit_vector))
+
+    def feasible(self, model: nn.Module) -> bool:
+        """Whether ``model`` meets every constraint."""
+        return self.ok_of(self.measure(model))
+
+    def evaluate(self, model: nn.Module) -> dict[str, dict[str, float | bool]]:
+        """Per constraint: value, original, limit, ratio (value / original), usage
+        (value / limit) and ok (value <= limit)."""
+        values = self.measure(model)
+        out: dict[str, dict[str, float | bool]] = {}
+        for name in self.names:
+            v, o, lim = values[name], self.original[name], self.limits[name]
+            out[name] = {
+                "value": v,
+                "original": o,
+                "limit": lim,
+                "ratio": _safe_ratio(v, o),
+                "usage": _safe_ratio(v, lim),
+                "ok": bool(v <= lim),
+            }
+        return out

@@ -1,0 +1,369 @@
+"""Model registry: the networks the benchmarks and the papers use, defined here.
+
+torchvision is not importable on every machine (there is no CPU build for every
+torch), so the project defines its own CIFAR-style networks. Any user
+``nn.Module`` works with the rest of rlprune without registration; the registry
+only exists so that checkpoints, configs and the CLI can name an architecture.
+
+Usage::
+
+    from rlprune import models
+    net = models.create("resnet20", num_classes=10, in_channels=3)
+    models.list_models()
+
+Register your own with the decorator::
+
+    @models.register("mynet")
+    def mynet(num_classes: int = 10, in_channels: int = 3) -> nn.Module: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["create", "list_models", "register", "arch_spec"]
+
+ModelFactory = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
+
+#: Attribute set on every model built by :func:`create`; checkpoints store it so that
+#: the architecture can be rebuilt by name.
+ARCH_ATTR = "_rlprune_arch"
+
+
+def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator that adds a factory ``f(num_classes, in_channels, **kw) -> nn.Module``."""
+
+    def deco(fn: ModelFactory) -> ModelFactory:
+        key = name.lower()
+        if key in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[key] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> nn.Module:
+    """Build a registered model by name.
+
+    Raises ``ValueError`` naming the known models when ``name`` is unknown.
+    """
+    key = str(name).lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if num_classes < 1 or in_channels < 1:
+        raise ValueError(
+            f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}"
+        )
+    model = _REGISTRY[key](num_classes=num_classes, in_channels=in_channels, **kwargs)
+    setattr(
+        model,
+        ARCH_ATTR,
+        {"name": key, "num_classes": num_classes, "in_channels": in_channels, **kwargs},
+    )
+    return model
+
+
+def arch_spec(model: nn.Module) -> dict[str, Any] | None:
+    """The registry spec a model was built from (``None`` for user models)."""
+    spec = getattr(model, ARCH_ATTR, None)
+    return dict(spec) if spec is not None else None
+
+
+# --------------------------------------------------------------------------- VGG
+_VGG_CFG: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+}
+
+
+class VGG(nn.Module):
+    """CIFAR VGG with batch norm and a single ``Linear(512, classes)`` head."""
+
+    def __init__(self, cfg: list[int | str], num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                assert isinstance(v, int)
+                layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v),
+                           nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def _vgg_factory(name: str) -> ModelFactory:
+    def f(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+        return VGG(_VGG_CFG[name], num_classes, in_channels)
+
+    f.__doc__ = f"CIFAR {name.upper()} with batch norm."
+    return f
+
+
+for _name in _VGG_CFG:
+    register(_name)(_vgg_factory(_name))
+
+
+# ------------------------------------------------------------------ CIFAR ResNet
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual; 1x1 conv + BN shortcut when the shape changes."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-{6n+2} for 32x32 inputs (He et al. 2016, section 4.2): 16/32/64 channels."""
+
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        stages, cin = [], 16
+        for i, width in enumerate((16, 32, 64)):
+            blocks = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(BasicBlock(cin, width, stride))
+                cin = width
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+for _depth in (20, 32, 56):
+    def _f(num_classes: int = 10, in_channels: int = 3, _d: int = _depth) -> nn.Module:
+        return CifarResNet(_d, num_classes, in_channels)
+
+    _f.__doc__ = f"CIFAR ResNet-{_depth}."
+    register(f"resnet{_depth}")(_f)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 adapted to 32x32 inputs: 3x3 stem, no max-pool, 64-512 channels."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        layers, cin = [], 64
+        for i, width in enumerate((64, 128, 256, 512)):
+            stride = 1 if i == 0 else 2
+            layers.append(nn.Sequential(BasicBlock(cin, width, stride), BasicBlock(width, width)))
+            cin = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@register("resnet18")
+def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """CIFAR ResNet-18 (11.2M parameters)."""
+    return ResNet18(num_classes, in_channels)
+
+
+# ------------------------------------------------------------------- MobileNetV2
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 project; residual when shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden),
+                       nn.ReLU6(inplace=True)]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        return x + out if self.use_res else out
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 for 32x32 inputs: stride-1 stem and first stages (2.2M parameters)."""
+
+    # (expansion, out channels, repeats, stride); strides adapted to CIFAR.
+    CFG = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+           (6, 160, 3, 2), (6, 320, 1, 1)]
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False),
+                                   nn.BatchNorm2d(32), nn.ReLU6(inplace=True)]
+        cin = 32
+        for t, c, n, s in self.CFG:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers += [nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280),
+                   nn.ReLU6(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(1280, num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@register("mobilenetv2")
+def mobilenetv2(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """CIFAR MobileNetV2 with depthwise convolutions."""
+    return MobileNetV2(num_classes, in_channels)
+
+
+# ------------------------------------------------------------------------- LeNets
+class LeNet5(nn.Module):
+    """LeNet-5 as in Caffe and Han et al. 2015: conv 20, conv 50, fc 500 (431k parameters).
+
+    An adaptive pool before the classifier makes it accept 28x28 (MNIST, where it is
+    the identity) as well as 32x32 inputs.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 20, 5)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.pool = nn.MaxPool2d(2)
+        self.relu = nn.ReLU(inplace=True)
+        self.squeeze = nn.AdaptiveAvgPool2d(4)
+        self.fc1 = nn.Linear(50 * 4 * 4, 500)
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        x = torch.flatten(self.squeeze(x), 1)
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+@register("lenet5")
+def lenet5(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """Caffe LeNet-5 (20-50-500), the network of Han et al. 2015."""
+    return LeNet5(num_classes, in_channels)
+
+
+class LeNet300(nn.Module):
+    """LeNet-300-100: an MLP 784-300-100-classes (266k parameters for MNIST)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * input_size * input_size, 300), nn.ReLU(inplace=True),
+            nn.Linear(300, 100), nn.ReLU(inplace=True),
+            nn.Linear(100, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@register("lenet300")
+def lenet300(num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> nn.Module:
+    """LeNet-300-100 MLP; ``input_size`` is the side of the square input image."""
+    return LeNet300(num_classes, in_channels, input_size)
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for sklearn's 8x8 digits: 16-32-64 channels, about 24k parameters."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@register("digits_cnn")
+def digits_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """Small CNN for 8x8 inputs, the default of the demo and most tests."""
+    return DigitsCNN(num_classes, in_channels)
+
+
+def _init(model: nn.Module) -> None:
+    """Kaiming init for convs, unit BN, small linear: the usual CIFAR recipe."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

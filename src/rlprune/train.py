@@ -1,0 +1,262 @@
+"""Training, fine-tuning and evaluation on in-memory tensors, and checkpoints.
+
+``fit`` is plain SGD with momentum, a cosine schedule, weight decay and optional
+label smoothing or distillation from a teacher (the unpruned model), with a tqdm
+bar. ``evaluate`` runs under ``torch.inference_mode()``. Checkpoints store the
+architecture (registry name and arguments, or the whole module for user models
+and pruned models whose shapes differ from the registry's) together with the
+state dict, the dataset and its normalisation, and the test accuracy; they are
+written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from rlprune import models
+from rlprune.data import Split, Splits, augment
+
+__all__ = [
+    "fit",
+    "finetune_steps",
+    "evaluate",
+    "save_checkpoint",
+    "load_checkpoint",
+    "atomic_write_bytes",
+    "CheckpointError",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing or unreadable."""
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` on ``(x, y)``, in eval mode, no autograd."""
+    if len(y) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, len(y), batch_size):
+            out = model(x[i : i + batch_size])
+            correct += int((out.argmax(1) == y[i : i + batch_size]).sum())
+    model.train(was_training)
+    return correct / len(y)
+
+
+def _loss(
+    out: torch.Tensor,
+    yb: torch.Tensor,
+    label_smoothing: float,
+    teacher_out: torch.Tensor | None,
+    distill_alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
+    if teacher_out is not None and distill_alpha > 0:
+        t = temperature
+        kd = F.kl_div(
+            F.log_softmax(out / t, 1), F.softmax(teacher_out / t, 1), reduction="batchmean"
+        ) * (t * t)
+        loss = (1 - distill_alpha) * loss + distill_alpha * kd
+    return loss
+
+
+def fit(
+    model: nn.Module,
+    splits: Splits,
+    epochs: int = 10,
+    lr: float = 0.05,
+    batch_size: int = 128,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    label_smoothing: float = 0.0,
+    teacher: nn.Module | None = None,
+    distill_alpha: float = 0.0,
+    temperature: float = 4.0,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "train",
+    max_steps: int | None = None,
+) -> dict[str, list[float]]:
+    """Train ``model`` in place on ``splits.train`` and return per-epoch curves.
+
+    SGD with Nesterov-free momentum and a cosine learning-rate schedule to zero;
+    ``teacher`` (e.g. the unpruned model) adds knowledge distillation with weight
+    ``distill_alpha``. Augmentation follows ``splits.augmentation``. ``max_steps``
+    caps the number of optimiser steps (a short fine-tune). Accuracy on the
+    reward split is reported per epoch (never the test split).
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    train = splits.train
+    steps_per_epoch = max(1, math.ceil(len(train) / batch_size))
+    total = epochs * steps_per_epoch if max_steps is None else min(
+        max_steps, max(epochs, 1) * steps_per_epoch
+    )
+    curves: dict[str, list[float]] = {"loss": [], "train_acc": [], "reward_acc": []}
+    if total == 0:
+        return curves
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                          weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    if teacher is not None:
+        teacher.eval()
+    step = 0
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="step")
+    model.train()
+    while step < total:
+        tot_loss, tot_correct, tot_n = 0.0, 0, 0
+        for xb, yb in train.batches(batch_size, shuffle=True, generator=g):
+            xb = augment(xb, splits.augmentation, g)
+            out = model(xb)
+            t_out = None
+            if teacher is not None and distill_alpha > 0:
+                with torch.no_grad():
+                    t_out = teacher(xb)
+            loss = _loss(out, yb, label_smoothing, t_out, distill_alpha, temperature)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at step {step}; "
+                                         "lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            tot_loss += loss.item() * len(yb)
+            tot_correct += int((out.argmax(1) == yb).sum())
+            tot_n += len(yb)
+            bar.update(1)
+            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}")
+            if step >= total:
+                break
+        curves["loss"].append(tot_loss / max(tot_n, 1))
+        curves["train_acc"].append(tot_correct / max(tot_n, 1))
+        if len(splits.reward):
+            curves["reward_acc"].append(evaluate(model, splits.reward.x, splits.reward.y))
+    bar.close()
+    model.eval()
+    return curves
+
+
+def finetune_steps(
+    model: nn.Module, train: Split, steps: int, lr: float = 0.01, batch_size: int = 128,
+    seed: int = 0, augmentation: str | None = None,
+) -> None:
+    """A short fine-tune of ``steps`` SGD steps at a constant rate (used inside a search)."""
+    if steps <= 0:
+        return
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    done = 0
+    while done < steps:
+        for xb, yb in train.batches(batch_size, shuffle=True, generator=g):
+            loss = F.cross_entropy(model(augment(xb, augmentation, g)), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done >= steps:
+                break
+    model.eval()
+
+
+# -------------------------------------------------------------------------- checkpoints
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _same_shapes(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module,
+                    meta: dict[str, Any] | None = None) -> None:
+    """Save ``model`` with its architecture and ``meta`` (dataset, normalisation, accuracy).
+
+    Registry models whose shapes still match the registry are stored by name + state
+    dict; anything else (user models, physically pruned models) is stored as the whole
+    module so that it loads without the code that built it being re-run.
+    """
+    spec = models.arch_spec(model)
+    payload: dict[str, Any] = {"format": "rlprune-checkpoint-1", "meta": dict(meta or {})}
+    if spec is not None and _same_shapes(model, models.create(**spec)):
+        payload["arch"] = spec
+        payload["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    else:
+        payload["arch"] = spec
+        payload["module"] = copy.deepcopy(model).cpu()
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint` (or a bare ``nn.Module`` or
+    registry-free state dict is rejected with a clear error). Returns ``(model, meta)``."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {p}: {type(e).__name__}: {e}") from None
+    if isinstance(payload, nn.Module):
+        return payload.eval(), {}
+    if not isinstance(payload, dict) or ("module" not in payload and "state_dict" not in payload):
+        raise CheckpointError(
+            f"{p} is not an rlprune checkpoint (expected one written by rlprune pretrain / "
+            "rlprune.save_checkpoint, or a pickled nn.Module)"
+        )
+    meta = dict(payload.get("meta", {}))
+    if "module" in payload:
+        model = payload["module"]
+    else:
+        model = models.create(**payload["arch"])
+        model.load_state_dict(payload["state_dict"])
+    return model.eval(), meta
+
+
+def cached(path: Path, build: Callable[[], tuple[nn.Module, dict[str, Any]]]
+           ) -> tuple[nn.Module, dict[str, Any]]:
+    """Load ``path`` if it exists, else build, save and return it (pretraining cache)."""
+    if path.is_file():
+        try:
+            return load_checkpoint(path)
+        except CheckpointError:
+            pass  # corrupt cache: rebuild it
+    model, meta = build()
+    save_checkpoint(path, model, meta)
+    return model, meta
