@@ -38,7 +38,7 @@ from torch import nn
 
 from rlprune.costs import Budget
 from rlprune.data import Splits
-from rlprune.history import Candidate, History
+from rlprune.history import Candidate, History, policy_key
 from rlprune.space import PruningSpace, project
 from rlprune.train import evaluate, finetune_steps
 
@@ -224,6 +224,7 @@ class PruningEnv(gym.Env):
         if self.dense:
             self.history.rank = "accuracy"
         self.episode = 0
+        self._replay: dict[tuple[float, ...], int] = {}
         self._t = 0
         self._policy = np.zeros(self.T, dtype=np.float64)
         self._start = time.perf_counter()
@@ -328,7 +329,8 @@ class PruningEnv(gym.Env):
         pruned = self.space.apply(self.model, np.asarray(policy, dtype=np.float64))
         if finetune and self.finetune_steps > 0:
             finetune_steps(pruned, self.splits.train, self.finetune_steps, lr=self.finetune_lr,
-                           seed=self.seed_value, augmentation=self.splits.augmentation)
+                           seed=self.seed_value, augmentation=self.splits.augmentation,
+                           keep_zeros=self.space.granularity == "weight")
         return pruned
 
     def cost_ratios(self, policy: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -349,6 +351,11 @@ class PruningEnv(gym.Env):
         ep = self.episode if episode is None else episode
         tags = dict(self.history.tags)
         prev = self.history.lookup(pol)
+        key = policy_key(pol)
+        if prev is not None and self._replay.get(key, 0) > 0:
+            # resuming: this candidate is already in the history; hand it back unrecorded
+            self._replay[key] -= 1
+            return prev
         if prev is not None:
             cand = Candidate(index=len(self.history), episode=ep, policy=list(prev.policy),
                              reward=prev.reward, accuracy=prev.accuracy, costs=dict(prev.costs),
@@ -373,6 +380,18 @@ class PruningEnv(gym.Env):
                          time=time.perf_counter() - self._start,
                          extra={**tags, "macs_ratio": macs_ratio})
         return self.history.add(cand)
+
+    def enable_replay(self) -> None:
+        """Treat the candidates already in ``history`` as a replay log (resuming a run).
+
+        A search restarted from the same seed proposes the same policies again; each
+        one found in the log is returned from it, neither re-scored nor recorded twice.
+        """
+        self._replay = {}
+        for c in self.history.candidates:
+            k = policy_key(c.policy)
+            self._replay[k] = self._replay.get(k, 0) + 1
+        self.episode = 0
 
     def _macs_ratio(self, pruned: nn.Module) -> float:
         from rlprune.costs import count_macs

@@ -92,14 +92,17 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     max_steps: int | None = None,
+    keep_zeros: bool = False,
 ) -> dict[str, list[float]]:
     """Train ``model`` in place on ``splits.train`` and return per-epoch curves.
 
     SGD with Nesterov-free momentum and a cosine learning-rate schedule to zero;
     ``teacher`` (e.g. the unpruned model) adds knowledge distillation with weight
     ``distill_alpha``. Augmentation follows ``splits.augmentation``. ``max_steps``
-    caps the number of optimiser steps (a short fine-tune). Accuracy on the
-    reward split is reported per epoch (never the test split).
+    caps the number of optimiser steps (a short fine-tune). ``keep_zeros`` keeps
+    every weight of a conv/linear layer that is zero at the start at zero (fine-tuning
+    a weight-pruned model without regrowing what was pruned). Accuracy on the reward
+    split is reported per epoch (never the test split).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -119,6 +122,7 @@ def fit(
     )
     if teacher is not None:
         teacher.eval()
+    masks = zero_masks(model) if keep_zeros else []
     step = 0
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="step")
     model.train()
@@ -139,6 +143,7 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
+            _apply_masks(masks)
             step += 1
             tot_loss += loss.item() * len(yb)
             tot_correct += int((out.argmax(1) == yb).sum())
@@ -156,13 +161,31 @@ def fit(
     return curves
 
 
+def zero_masks(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, keep-mask) pairs of every conv/linear weight that has zeros."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear | nn.Conv1d):
+            w = m.weight
+            if bool((w == 0).any()):
+                out.append((w, (w != 0).to(w.dtype)))
+    return out
+
+
+def _apply_masks(masks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for w, mask in masks:
+            w.mul_(mask)
+
+
 def finetune_steps(
     model: nn.Module, train: Split, steps: int, lr: float = 0.01, batch_size: int = 128,
-    seed: int = 0, augmentation: str | None = None,
+    seed: int = 0, augmentation: str | None = None, keep_zeros: bool = False,
 ) -> None:
     """A short fine-tune of ``steps`` SGD steps at a constant rate (used inside a search)."""
     if steps <= 0:
         return
+    masks = zero_masks(model) if keep_zeros else []
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     model.train()
@@ -173,6 +196,7 @@ def finetune_steps(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            _apply_masks(masks)
             done += 1
             if done >= steps:
                 break

@@ -1,0 +1,294 @@
+"""The one-call Python API: :func:`prune`, :func:`compare` and :func:`load`.
+
+``prune`` builds the pruning space and environment, runs one method, applies the
+returned policy to a copy of the model, fine-tunes it if asked, and measures every
+constraint on the pruned model itself. The input model is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlprune import costs as costs_mod
+from rlprune import train as train_mod
+from rlprune.agents.base import SearchResult, get_method
+from rlprune.costs import Budget
+from rlprune.data import Splits, as_splits
+from rlprune.env import PruningEnv
+from rlprune.history import History
+from rlprune.space import PruningSpace
+
+__all__ = ["PruneResult", "prune", "compare", "compare_row", "load", "make_env",
+           "METHOD_ENV_DEFAULTS", "SEARCHING_METHODS"]
+
+#: How each method wants the shared environment configured (PuRL: discrete levels and
+#: dense rewards; the rest: continuous ratios and a terminal reward).
+METHOD_ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    "purl": {"action": "discrete", "reward": "dense"},
+}
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` returns.
+
+    ``costs[name]`` = ``{"original", "pruned", "ratio", "limit", "ok"}`` measured on the
+    returned model; ``accuracy`` has ``original``, ``pruned`` (test split, after
+    fine-tuning if any), ``pruned_before_finetune`` and the reward-split accuracies.
+    """
+
+    model: nn.Module
+    policy: np.ndarray
+    costs: dict[str, dict[str, Any]]
+    accuracy: dict[str, float]
+    history: History
+    search: SearchResult
+    method: str
+    granularity: str
+    budget: str
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    seed: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    original: nn.Module | None = None
+
+    @property
+    def feasible(self) -> bool:
+        """Every constraint holds on the returned model."""
+        return all(c["ok"] for c in self.costs.values())
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        parts = [f"method {self.method} ({self.granularity}), budget {self.budget}"]
+        for name, c in self.costs.items():
+            parts.append(f"  {name}: {c['pruned']:.6g} (limit {c['limit']:.6g}, "
+                         f"{c['ratio']:.1%} of original) {'ok' if c['ok'] else 'VIOLATED'}")
+        acc = self.accuracy
+        if "original" in acc:
+            parts.append(f"  test accuracy: original {acc['original']:.4f}, pruned "
+                         f"{acc.get('pruned_before_finetune', float('nan')):.4f}, after "
+                         f"fine-tune {acc.get('pruned', float('nan')):.4f}")
+        parts.append(f"  search: {self.search.evaluations} evaluations, "
+                     f"{self.search.wall_time:.1f} s")
+        return "\n".join(parts)
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise ValueError(f"model parameter {name!r} contains NaN or inf values; "
+                             "rlprune needs a trained model with finite weights")
+
+
+def make_env(
+    model: nn.Module,
+    splits: Splits,
+    budget: Budget,
+    method: str,
+    granularity: str = "channel",
+    importance: str = "l1",
+    example_input: torch.Tensor | None = None,
+    space: PruningSpace | None = None,
+    seed: int = 0,
+    **env_kwargs: Any,
+) -> PruningEnv:
+    """The environment configured as ``method`` expects (see ``METHOD_ENV_DEFAULTS``)."""
+    kw = {**METHOD_ENV_DEFAULTS.get(method, {}), **env_kwargs}
+    return PruningEnv(model, splits, budget, space=space, granularity=granularity,
+                      importance=importance, example_input=example_input, seed=seed, **kw)
+
+
+def prune(
+    model: nn.Module,
+    data: Splits | tuple[Any, ...] | str,
+    budget: Budget | str,
+    method: str = "cpl",
+    granularity: str = "channel",
+    example_input: torch.Tensor | None = None,
+    finetune_epochs: int = 0,
+    finetune_lr: float = 0.01,
+    distill: bool = False,
+    search_episodes: int | None = None,
+    importance: str = "l1",
+    seed: int = 0,
+    progress: bool = True,
+    env_kwargs: dict[str, Any] | None = None,
+    method_kwargs: dict[str, Any] | None = None,
+    space: PruningSpace | None = None,
+    callback: Any = None,
+    env: PruningEnv | None = None,
+) -> PruneResult:
+    """Prune ``model`` to fit ``budget`` with ``method``; returns a :class:`PruneResult`.
+
+    ``data`` is a :class:`~rlprune.data.Splits`, a dataset name or a tuple
+    ``(x_train, y_train, x_test, y_test)``; ``budget`` a :class:`Budget` or a string
+    such as ``"params<=0.3,flops<=50%"``. ``search_episodes`` sets the search length
+    of the searching methods (candidate evaluations). The returned model meets every
+    constraint of the budget, measured on it; an unreachable budget raises
+    :class:`~rlprune.costs.BudgetInfeasibleError` naming the smallest reachable value.
+    ``env`` is a ready :class:`PruningEnv` over ``model`` (e.g. one replaying a logged
+    search when resuming); ``callback(agent, info)`` is called after every episode.
+    """
+    _check_model(model)
+    if granularity not in ("channel", "weight"):
+        raise ValueError(f"granularity must be 'channel' or 'weight', got {granularity!r}")
+    if finetune_epochs < 0:
+        raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+    splits = as_splits(data, seed=seed)
+    budget = Budget.coerce(budget)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    original = copy.deepcopy(model).eval()
+    ex = example_input if example_input is not None else splits.example_input(1)
+    t0 = time.perf_counter()
+    if env is None:
+        env = make_env(original, splits, budget, method, granularity, importance, ex, space,
+                       seed, **(env_kwargs or {}))
+    t_env = time.perf_counter() - t0
+    mkw = dict(method_kwargs or {})
+    if search_episodes is not None:
+        mkw["episodes"] = search_episodes
+    searcher = get_method(method, seed=seed, progress=progress, **mkw)
+    if callback is not None:
+        searcher.callback = callback  # type: ignore[attr-defined]
+    result = searcher.search(env, budget)
+
+    pruned = env.space.apply(original, result.policy)
+    acc: dict[str, float] = {}
+    has_test = len(splits.test) > 0
+    if has_test:
+        acc["original"] = train_mod.evaluate(original, splits.test.x, splits.test.y)
+        acc["pruned_before_finetune"] = train_mod.evaluate(pruned, splits.test.x, splits.test.y)
+    acc["reward_original"] = env.original_accuracy
+    acc["reward_pruned_before_finetune"] = train_mod.evaluate(pruned, splits.reward.x,
+                                                              splits.reward.y)
+    t1 = time.perf_counter()
+    if finetune_epochs > 0:
+        train_mod.fit(pruned, splits, epochs=finetune_epochs, lr=finetune_lr, seed=seed,
+                      teacher=original if distill else None, distill_alpha=0.5 if distill else 0,
+                      progress=progress, desc="fine-tune",
+                      keep_zeros=granularity == "weight")
+    t_ft = time.perf_counter() - t1
+    if has_test:
+        acc["pruned"] = train_mod.evaluate(pruned, splits.test.x, splits.test.y)
+    acc["reward_pruned"] = train_mod.evaluate(pruned, splits.reward.x, splits.reward.y)
+    pruned.eval()
+
+    measured = budget.evaluate(pruned, original, ex)
+    cost_table = {
+        name: {"original": float(v["original"]), "pruned": float(v["value"]),
+               "ratio": float(v["ratio"]), "limit": float(v["limit"]), "ok": bool(v["ok"])}
+        for name, v in measured.items()
+    }
+    # Report params and MACs too when they are not constraints: users always want them.
+    for extra in ("params", "macs"):
+        if extra not in cost_table:
+            fn = costs_mod.get_cost(extra)
+            o, p = float(fn(original, ex)), float(fn(pruned, ex))
+            cost_table[extra] = {"original": o, "pruned": p, "ratio": p / o if o else 1.0,
+                                 "limit": float("nan"), "ok": True, "reported_only": True}
+    if not all(c["ok"] for c in cost_table.values()):
+        bad = ", ".join(f"{n}={c['pruned']:.6g} > {c['limit']:.6g}"
+                        for n, c in cost_table.items() if not c["ok"])
+        raise RuntimeError(f"internal error: the pruned model violates the budget ({bad}); "
+                           "please report this with the command that produced it")
+    return PruneResult(
+        model=pruned, policy=np.asarray(result.policy, dtype=np.float64), costs=cost_table,
+        accuracy=acc, history=result.history, search=result, method=method,
+        granularity=granularity, budget=str(budget),
+        layers=env.space.describe(original, result.policy), seed=seed,
+        timings={"setup_s": t_env, "search_s": result.wall_time, "finetune_s": t_ft,
+                 "total_s": time.perf_counter() - t0},
+        original=original,
+    )
+
+
+def load(path: str | os.PathLike[str]) -> nn.Module:
+    """Load a model saved by rlprune (``pruned.pt`` of a run or a checkpoint), ready to use."""
+    model, _ = train_mod.load_checkpoint(path)
+    return model
+
+
+#: Methods that search (their effort is the number of candidate evaluations);
+#: the others compute one policy directly.
+SEARCHING_METHODS = ("cpl", "purl", "amc", "random")
+
+
+def compare(
+    model: nn.Module,
+    data: Splits | tuple[Any, ...] | str,
+    budget: Budget | str,
+    methods: list[str] | tuple[str, ...] = ("cpl", "purl", "amc", "uniform", "random", "global"),
+    granularity: str = "channel",
+    episodes: int = 100,
+    finetune_epochs: int = 0,
+    finetune_lr: float = 0.01,
+    importance: str = "l1",
+    example_input: torch.Tensor | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    env_kwargs: dict[str, Any] | None = None,
+    method_kwargs: dict[str, dict[str, Any]] | None = None,
+    on_result: Any = None,
+) -> list[PruneResult]:
+    """Run several methods on the same model, data split, budget and fine-tune schedule.
+
+    Equal search effort: every searching method gets ``episodes`` candidate
+    evaluations. The pruning space (and its importance scores) is built once and
+    shared. ``on_result(result)`` is called as each method finishes. Returns one
+    :class:`PruneResult` per method, in order.
+    """
+    from rlprune.agents.base import list_methods
+
+    known = list_methods()
+    bad = [m for m in methods if m not in known]
+    if bad:
+        raise ValueError(f"unknown method(s) {', '.join(map(repr, bad))}; known: "
+                         f"{', '.join(known)}")
+    if not methods:
+        raise ValueError("compare needs at least one method")
+    _check_model(model)
+    splits = as_splits(data, seed=seed)
+    budget = Budget.coerce(budget)
+    ex = example_input if example_input is not None else splits.example_input(1)
+    original = copy.deepcopy(model).eval()
+    space = PruningSpace.from_model(original, ex, granularity=granularity, importance=importance,
+                                    data=(splits.train.x[:256], splits.train.y[:256]))
+    results = []
+    for m in methods:
+        res = prune(original, splits, budget, method=m, granularity=granularity,
+                    example_input=ex, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
+                    search_episodes=episodes if m in SEARCHING_METHODS else None,
+                    importance=importance, seed=seed, progress=progress,
+                    env_kwargs=env_kwargs, method_kwargs=(method_kwargs or {}).get(m),
+                    space=space)
+        results.append(res)
+        if on_result is not None:
+            on_result(res)
+    return results
+
+
+def compare_row(res: PruneResult) -> dict[str, Any]:
+    """One row of a comparison table from a result."""
+    return {
+        "method": res.method,
+        "costs": {n: c for n, c in res.costs.items() if not c.get("reported_only")},
+        "reported": {n: c for n, c in res.costs.items() if c.get("reported_only")},
+        "reward_acc_before_ft": res.accuracy.get("reward_pruned_before_finetune"),
+        "test_acc_before_ft": res.accuracy.get("pruned_before_finetune"),
+        "test_acc_after_ft": res.accuracy.get("pruned"),
+        "evaluations": res.search.evaluations,
+        "best_found_at": res.search.best_found_at,
+        "search_s": res.search.wall_time,
+        "time_to_best_s": res.search.best.time if res.search.best is not None else None,
+        "feasible": res.feasible,
+    }
