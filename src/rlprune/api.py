@@ -89,6 +89,26 @@ def _check_model(model: nn.Module) -> None:
                              "rlprune needs a trained model with finite weights")
 
 
+def budget_for(budget: Budget | str, granularity: str) -> Budget:
+    """The budget as measured for ``granularity``.
+
+    Weight pruning zeroes weights without removing them, so under ``weight`` a
+    ``params`` constraint means the nonzero parameter count (as in Han et al. and the
+    constrained-RL paper): it is measured as ``nonzero_params``.
+    """
+    from rlprune.costs import Constraint, get_cost
+
+    b = Budget.coerce(budget)
+    if granularity != "weight" or "params" not in b.names:
+        return b
+    if "nonzero_params" in b.names:
+        raise ValueError("under weight granularity `params` means nonzero parameters: give "
+                         "either params or nonzero_params, not both")
+    nz = get_cost("nonzero_params")
+    return Budget([Constraint("nonzero_params", nz, c.value, c.percent) if c.name == "params"
+                   else c for c in b])
+
+
 def make_env(
     model: nn.Module,
     splits: Splits,
@@ -103,7 +123,7 @@ def make_env(
 ) -> PruningEnv:
     """The environment configured as ``method`` expects (see ``METHOD_ENV_DEFAULTS``)."""
     kw = {**METHOD_ENV_DEFAULTS.get(method, {}), **env_kwargs}
-    return PruningEnv(model, splits, budget, space=space, granularity=granularity,
+    return PruningEnv(model, splits, budget_for(budget, granularity), space=space, granularity=granularity,
                       importance=importance, example_input=example_input, seed=seed, **kw)
 
 
@@ -144,7 +164,7 @@ def prune(
     if finetune_epochs < 0:
         raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
     splits = as_splits(data, seed=seed)
-    budget = Budget.coerce(budget)
+    budget = budget_for(budget, granularity)
     torch.manual_seed(seed)
     np.random.seed(seed)
     original = copy.deepcopy(model).eval()
@@ -258,7 +278,7 @@ def compare(
         raise ValueError("compare needs at least one method")
     _check_model(model)
     splits = as_splits(data, seed=seed)
-    budget = Budget.coerce(budget)
+    budget = budget_for(budget, granularity)
     ex = example_input if example_input is not None else splits.example_input(1)
     original = copy.deepcopy(model).eval()
     space = PruningSpace.from_model(original, ex, granularity=granularity, importance=importance,

@@ -90,7 +90,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     splits = _load_data(args)
     in_ch = splits.input_shape[0] if len(splits.input_shape) == 3 else 1
     kwargs = {}
-    if args.model == "lenet300" and len(splits.input_shape) == 3:
+    if args.model.lower() == "lenet300" and len(splits.input_shape) == 3:
         kwargs["input_size"] = splits.input_shape[-1]
     torch.manual_seed(args.seed)
     model = models.create(args.model, num_classes=splits.num_classes, in_channels=in_ch, **kwargs)

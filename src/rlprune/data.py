@@ -19,6 +19,7 @@ import gzip
 import os
 import pickle
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,7 +191,7 @@ def _read_idx(path: Path, kind: str, look: str) -> np.ndarray:
             raise ValueError(f"magic number {magic}, expected 2049")
         (n,) = struct.unpack(">I", raw[4:8])
         return np.frombuffer(raw, dtype=np.uint8, count=n, offset=8)
-    except (OSError, EOFError, ValueError, struct.error) as e:
+    except (OSError, EOFError, ValueError, struct.error, zlib.error) as e:
         raise DataError(
             f"cannot read MNIST {kind} file {path}: {e}. Expected a gzip'd idx file "
             f"(idx3 for images, idx1 for labels), looked in {look}"
@@ -240,7 +241,8 @@ def _unpickle(path: Path, look: str) -> dict[str, object]:
             "pickle of a dict with 'data' (N x 3072 uint8) and 'labels'/'fine_labels'"
         ) from None
     if not isinstance(d, dict):
-        raise DataError(f"CIFAR pickle {path} does not hold a dict")
+        raise DataError(f"CIFAR pickle {path} holds a {type(d).__name__}, expected a dict with "
+                        "'data' (N x 3072 uint8) and 'labels'/'fine_labels'")
     return {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in d.items()}
 
 
