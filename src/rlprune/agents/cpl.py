@@ -33,10 +33,11 @@ Choices worth knowing (each documented where it is made):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,7 @@ class CPLConfig:
     ent_coef: float = 0.0
     norm_adv: bool = True
     """Normalise reward advantages per minibatch (cost advantages are only centred)."""
+    cost_adv_scale: str = "reward_std"
     # advantages
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -257,6 +259,22 @@ def ppo_lagrangian_policy_loss(
     adv_c = adv_c.reshape(nus_t.numel(), -1)
     penalty = (nus_t * (ratio.unsqueeze(0) * adv_c).mean(dim=1)).sum()
     return (loss + penalty) / (1.0 + nus_t.sum())
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the agent's tiny tensor ops on one thread, then restore the caller's setting.
+
+    The networks are a few thousand weights: torch's intra-op threads only add
+    synchronisation, and on a shared 2-core machine that made updates ~10x slower.
+    The env (which evaluates real models) keeps every thread between agent calls.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------------------
@@ -426,7 +444,8 @@ class CPL:
                 else:
                     self.nu = update_multipliers(self.nu, mean_costs, self.limits, cfg.lagrangian_lr)
                 # 3. PPO update of policy and critics with the new multipliers
-                stats = self._ppo_update(batch)
+                with one_thread():
+                    stats = self._ppo_update(batch)
                 self._mark_boundary(env)
                 if self.on_rollout is not None:
                     self.on_rollout(self, {
@@ -461,14 +480,14 @@ class CPL:
         done_eps = 0
         while done_eps < n_eps:
             obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(-1))
-            with torch.no_grad():
+            with torch.no_grad(), one_thread():
                 dist = self.policy(obs_t)
                 # sample in normalised units; the env gets the rescaled, clipped action
                 u = dist.mean + dist.stddev * torch.randn(
                     dist.mean.shape, generator=self.torch_gen
                 )
             u_np = u.numpy().astype(np.float64)
-            action = np.clip(low + (u_np + 1.0) * 0.5 * (high - low), low, high)
+            action = low + (np.tanh(u_np) + 1.0) * 0.5 * (high - low)
             next_obs, reward, terminated, truncated, info = env.step(action.astype(np.float32))
             cost = np.asarray(info.get("cost", np.zeros(m)), dtype=np.float64).reshape(m)
             done = bool(terminated or truncated)
@@ -491,7 +510,7 @@ class CPL:
         cfg = self.config
         b_obs = torch.as_tensor(np.stack(obs_l))
         b_u = torch.as_tensor(np.stack(u_l), dtype=torch.float32)
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             b_logp = self.policy(b_obs).log_prob(b_u).sum(-1)
             v_r, v_c = self.critics(b_obs)
         rewards, costs, dones = np.asarray(rew_l), np.stack(cost_l), np.asarray(done_l)
@@ -571,10 +590,13 @@ class CPL:
                 with torch.no_grad():
                     approx_kl = ((logratio.exp() - 1.0) - logratio).mean().item()
                 adv_r = adv_r_all[idx]
-                if cfg.norm_adv and len(mb) > 1:
-                    adv_r = (adv_r - adv_r.mean()) / (adv_r.std() + 1e-8)
                 adv_c = adv_c_all[idx]
                 adv_c = adv_c - adv_c.mean(dim=0)
+                if cfg.norm_adv and len(mb) > 1:
+                    scale = adv_r.std() + 1e-8
+                    adv_r = (adv_r - adv_r.mean()) / scale
+                    if cfg.cost_adv_scale == "reward_std":
+                        adv_c = adv_c / scale
                 pi_loss = ppo_lagrangian_policy_loss(
                     new_logp, batch["logp"][idx], adv_r, adv_c.T, self.nu, cfg.clip_coef
                 )
