@@ -50,6 +50,8 @@ import torch
 from torch import nn
 
 __all__ = [
+    "BUDGET_SYNTAX",
+    "ExampleInput",
     "Cost",
     "CostFn",
     "Constraint",
@@ -653,7 +655,10 @@ class Budget:
         seen: set[str] = set()
         for c in items:
             if c.name in seen:
-                raise ValueError(f"cost {c.name!r} appears twice in the budget")
+                raise ValueError(
+                    f"cost {c.name!r} appears twice in the budget; give each cost once: "
+                    f"{BUDGET_SYNTAX}"
+                )
             seen.add(c.name)
         self._constraints: tuple[Constraint, ...] = tuple(items)
 
@@ -685,7 +690,8 @@ class Budget:
                 )
             if name in seen:
                 raise ValueError(
-                    f"cost {name!r} appears twice in budget {text!r}; give each cost once"
+                    f"cost {name!r} appears twice in budget {text!r}; give each cost once: "
+                    f"{BUDGET_SYNTAX}"
                 )
             seen.add(name)
             value, percent = _parse_limit(name, m.group(2), term.strip())
@@ -735,7 +741,9 @@ class Budget:
     def __hash__(self) -> int:
         return hash(str(self))
 
-    def measure(self, model: nn.Module, example_input: ExampleInput | None = None) -> dict[str, float]:
+    def measure(
+        self, model: nn.Module, example_input: ExampleInput | None = None
+    ) -> dict[str, float]:
         """Each constraint's cost of ``model``, by name."""
         return {c.name: c.cost(model, example_input) for c in self._constraints}
 

@@ -402,7 +402,7 @@ class PruningEnv(gym.Env):
     def project(self, policy: Sequence[float] | np.ndarray) -> np.ndarray:
         """The nearest feasible policy (every hard constraint measured on the pruned model)."""
         return np.asarray(project(self.space, self.model, np.asarray(policy, dtype=np.float64),
-                                  self.budget, self.example_input), dtype=np.float64)
+                                  self.bound, self.example_input), dtype=np.float64)
 
     @property
     def policy(self) -> np.ndarray:

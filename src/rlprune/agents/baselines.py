@@ -83,7 +83,7 @@ class Uniform(_Base):
     def search(self, env: PruningEnv, budget: Budget | None = None) -> SearchResult:
         start = time.perf_counter()
         policy = np.minimum(
-            uniform_policy(env.space, env.model, env.budget, env.example_input),
+            uniform_policy(env.space, env.model, env.bound, env.example_input),
             env.max_ratios,
         )
         policy = env.project(policy)
