@@ -24,15 +24,28 @@ from rlprune.history import Candidate, History
 __all__ = [
     "ToyCost",
     "ToyPruneEnv",
+    "accuracy_like",
     "half_budget_env",
+    "kept",
     "step_cost_env",
     "two_constraint_env",
 ]
 
 
 def kept(policy: np.ndarray) -> float:
-    """Mean fraction kept over the layers: the toy's "accuracy" and "size"."""
+    """Mean fraction kept over the layers: the toy's model "size"."""
     return float(np.mean(1.0 - np.asarray(policy, dtype=np.float64)))
+
+
+def accuracy_like(policy: np.ndarray) -> float:
+    """``k (2 - k)`` of the fraction kept ``k``: rises with size, with diminishing returns.
+
+    Concave like a real accuracy curve, so that for each multiplier the Lagrangian has
+    one best policy; a linear reward makes it bang-bang, and plain gradient ascent on
+    ``nu`` then circles the optimum instead of settling (PID settles either way).
+    """
+    k = kept(policy)
+    return k * (2.0 - k)
 
 
 @dataclass
@@ -58,7 +71,7 @@ class ToyPruneEnv(gym.Env):
     def __init__(
         self,
         costs: Sequence[ToyCost],
-        reward_fn: Callable[[np.ndarray], float] = kept,
+        reward_fn: Callable[[np.ndarray], float] = accuracy_like,
         T: int = 3,
         a_max: float = 0.9,
         interrupt_at: tuple[int, int] | None = None,
@@ -95,9 +108,7 @@ class ToyPruneEnv(gym.Env):
         self._policy = []
         return self._obs(), {}
 
-    def step(
-        self, action: np.ndarray
-    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self.interrupt_at == (self.episodes_done, self._t):
             raise KeyboardInterrupt
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, self.a_max))
@@ -145,9 +156,11 @@ class ToyPruneEnv(gym.Env):
 
 
 def half_budget_env(**kwargs: Any) -> ToyPruneEnv:
-    """Reward = fraction kept; one constraint: keep at most half (ratio = kept / 0.5).
+    """One constraint: keep at most half (ratio = kept / 0.5); reward rises with size.
 
-    The optimum keeps exactly half: episode cost ratio 1.0 and reward 0.5.
+    The optimum keeps exactly half: episode cost ratio 1.0, reward 0.75 with the
+    default :func:`accuracy_like` (0.5 with ``reward_fn=kept``), multiplier 0.5 in
+    both cases (the reward's slope per unit of cost ratio at the optimum).
     """
     return ToyPruneEnv([ToyCost("params", kept, 0.5)], **kwargs)
 
@@ -168,7 +181,7 @@ def step_cost_env(**kwargs: Any) -> ToyPruneEnv:
     """A black-box staircase cost with zero gradient almost everywhere.
 
     Raw value = ``kept`` rounded *up* to a multiple of 0.2, limit 0.4: feasible iff
-    ``kept <= 0.4``, so the best feasible reward is 0.4.
+    ``kept <= 0.4``, so the best feasible reward is ``accuracy_like`` at 0.4, i.e. 0.64.
     """
     return ToyPruneEnv(
         [ToyCost("blackbox", lambda p: float(np.ceil(round(kept(p) * 5.0, 9)) / 5.0), 0.4)],

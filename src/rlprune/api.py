@@ -26,7 +26,7 @@ from rlprune.env import PruningEnv
 from rlprune.history import History
 from rlprune.space import PruningSpace
 
-__all__ = ["PruneResult", "prune", "compare", "compare_row", "load", "make_env",
+__all__ = ["PruneResult", "prune", "compare", "load", "make_env", "budget_for",
            "METHOD_ENV_DEFAULTS", "SEARCHING_METHODS"]
 
 #: How each method wants the shared environment configured (PuRL: discrete levels and
@@ -58,6 +58,7 @@ class PruneResult:
     seed: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     original: nn.Module | None = None
+    example_input: torch.Tensor | None = None
 
     @property
     def feasible(self) -> bool:
@@ -123,7 +124,8 @@ def make_env(
 ) -> PruningEnv:
     """The environment configured as ``method`` expects (see ``METHOD_ENV_DEFAULTS``)."""
     kw = {**METHOD_ENV_DEFAULTS.get(method, {}), **env_kwargs}
-    return PruningEnv(model, splits, budget_for(budget, granularity), space=space, granularity=granularity,
+    return PruningEnv(model, splits, budget_for(budget, granularity), space=space,
+                      granularity=granularity,
                       importance=importance, example_input=example_input, seed=seed, **kw)
 
 
@@ -194,7 +196,8 @@ def prune(
     t1 = time.perf_counter()
     if finetune_epochs > 0:
         train_mod.fit(pruned, splits, epochs=finetune_epochs, lr=finetune_lr, seed=seed,
-                      teacher=original if distill else None, distill_alpha=0.5 if distill else 0,
+                      teacher=original if distill else None,
+                      distill_alpha=0.5 if distill else 0,
                       progress=progress, desc="fine-tune",
                       keep_zeros=granularity == "weight")
     t_ft = time.perf_counter() - t1
@@ -229,6 +232,7 @@ def prune(
         timings={"setup_s": t_env, "search_s": result.wall_time, "finetune_s": t_ft,
                  "total_s": time.perf_counter() - t0},
         original=original,
+        example_input=ex,
     )
 
 
@@ -296,19 +300,3 @@ def compare(
             on_result(res)
     return results
 
-
-def compare_row(res: PruneResult) -> dict[str, Any]:
-    """One row of a comparison table from a result."""
-    return {
-        "method": res.method,
-        "costs": {n: c for n, c in res.costs.items() if not c.get("reported_only")},
-        "reported": {n: c for n, c in res.costs.items() if c.get("reported_only")},
-        "reward_acc_before_ft": res.accuracy.get("reward_pruned_before_finetune"),
-        "test_acc_before_ft": res.accuracy.get("pruned_before_finetune"),
-        "test_acc_after_ft": res.accuracy.get("pruned"),
-        "evaluations": res.search.evaluations,
-        "best_found_at": res.search.best_found_at,
-        "search_s": res.search.wall_time,
-        "time_to_best_s": res.search.best.time if res.search.best is not None else None,
-        "feasible": res.feasible,
-    }

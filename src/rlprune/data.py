@@ -359,7 +359,9 @@ def from_tensors(
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x_{what} has {x.shape[0]} rows but y_{what} has {y.shape[0]}")
         if y.dim() != 1:
-            raise ValueError(f"y_{what} must be a 1-D tensor of class indices, got {tuple(y.shape)}")
+            raise ValueError(
+                f"y_{what} must be a 1-D tensor of class indices, got {tuple(y.shape)}"
+            )
         if not torch.isfinite(x).all():
             raise ValueError(f"x_{what} contains NaN or inf")
     if xs[0].shape[1:] != xs[1].shape[1:]:
@@ -372,7 +374,7 @@ def from_tensors(
 
 
 def as_splits(data: object, reward_fraction: float = 0.1, seed: int = 0) -> Splits:
-    """Accept a :class:`Splits`, a dataset name, or a tuple ``(x_train, y_train, x_test, y_test)``."""
+    """A :class:`Splits` from a ``Splits``, a dataset name or ``(x_tr, y_tr, x_te, y_te)``."""
     if isinstance(data, Splits):
         return data
     if isinstance(data, str):

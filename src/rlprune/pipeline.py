@@ -296,16 +296,16 @@ def run_compare(cfg: RunConfig, command: str = "") -> list[Any]:
                           finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr,
                           importance=cfg.importance, example_input=ex, seed=cfg.seed,
                           progress=not cfg.quiet, env_kwargs=env_kwargs, on_result=done)
-    rows = [api.compare_row(r) for r in results]
-    header = {"model": cfg.model or cfg.checkpoint, "data": splits.name, "budget": cfg.budget,
-              "granularity": cfg.granularity, "episodes": cfg.episodes,
-              "finetune_epochs": cfg.finetune_epochs, "seed": cfg.seed,
-              "original_test_acc": results[0].accuracy.get("original"),
-              "original_reward_acc": results[0].accuracy.get("reward_original")}
-    print(report.format_compare_console(rows, header=header))
+    rows = [report.compare_row(r) for r in results]
+    original = {"test": results[0].accuracy.get("original"),
+                "reward": results[0].accuracy.get("reward_original")}
+    budget = results[0].budget
+    print(report.format_compare_console(rows, original=original, budget=budget))
     if cfg.out:
         out = Path(cfg.out)
-        report.write_compare(out, rows, header=header, command=command)
+        report.write_compare(out, rows, original=original, budget=budget, data_name=splits.name,
+                             model_name=cfg.model or cfg.checkpoint, command=command,
+                             plots=cfg.plots)
         best = max(results, key=lambda r: (r.accuracy.get("pruned") or 0.0))
         report.write_run(out / f"best-{best.method}", best, data_name=splits.name,
                          command=command, config=dataclasses.asdict(cfg), example_input=ex,

@@ -16,9 +16,13 @@ Choices worth knowing (each documented where it is made):
 * Costs come from ``info["cost"]`` (ratios ``value_i / limit_i``, so ``d_i = 1``
   means "meet the budget"). They are only *measured*: nothing is differentiated
   through a cost, which is why any black-box cost works.
-* The Gaussian policy acts in a normalised space ``u``; the env action is
-  ``low + (u + 1) / 2 * (high - low)`` clipped to ``[low, high]``. Log-probabilities
-  use the unclipped sample (standard PPO practice) so the ratio stays exact.
+* The Gaussian policy acts in an unbounded space ``u``; the env action is the
+  squashed ``low + (tanh(u) + 1) / 2 * (high - low)``. PPO's ratio uses the
+  log-probability of ``u`` (the tanh Jacobian cancels in the ratio). Clipping
+  instead of squashing was tried and fails here: once the mean drifts past the
+  bound (it does, since keeping everything maximises accuracy until ``nu`` catches
+  up), every sample maps to the same action, advantages vanish and the policy
+  never comes back.
 * A rollout is ``rollout_steps`` rounded *up* to whole episodes. Pruning episodes
   have a fixed length ``T`` and all reward/cost arrives at the last step, so a cut
   episode would only add bootstrap noise; whole episodes also make every rollout
@@ -26,6 +30,14 @@ Choices worth knowing (each documented where it is made):
 * The multipliers move by projected gradient ascent ``nu <- max(0, nu + lr (J_c - d))``
   (or a PID controller, Stooke et al. 2020), never by Adam on a scalar, which
   would move by about ``lr`` whatever the size of the violation.
+* Reward advantages are normalised per minibatch and cost advantages centred; by
+  default (``cost_adv_scale="reward_std"``) the cost advantages are divided by the
+  *same* std as the reward ones, so the policy follows the gradient of the true
+  Lagrangian ``J_r - sum nu_i J_ci`` and ``nu_i`` keeps its meaning (reward lost
+  per unit of constraint ``i``; about 0.5 on the toy tests). ``"center"`` is the
+  safety-starter-agents convention (centre only): there the effective multiplier is
+  ``nu * std(A_r)``, which shrinks as the policy concentrates, and on the toy MDPs
+  ``nu`` grew without bound while the cost stayed at twice its limit.
 * The agent owns its random generators (torch and numpy), so a run is reproducible
   from ``seed`` without touching global RNG state, and resumable from
   :meth:`CPL.state_dict`.
@@ -80,7 +92,7 @@ class CPLConfig:
     hidden_sizes: tuple[int, ...] = (32, 32)
     """Hidden layers of the policy and of every critic (tanh activations)."""
     log_std_init: float = -0.5
-    """Initial state-independent log std of the Gaussian policy (in normalised units)."""
+    """Initial state-independent log std of the Gaussian policy (before the tanh squash)."""
     # optimisation
     learning_rate: float = 3e-4
     """Adam step size of the policy and of the critics (two separate optimisers)."""
@@ -96,6 +108,8 @@ class CPLConfig:
     norm_adv: bool = True
     """Normalise reward advantages per minibatch (cost advantages are only centred)."""
     cost_adv_scale: str = "reward_std"
+    """``"reward_std"``: divide centred cost advantages by the reward advantages' std
+    (true Lagrangian gradient); ``"center"``: centre only (safety-starter-agents)."""
     # advantages
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -120,6 +134,11 @@ class CPLConfig:
         if self.lagrangian not in ("gradient", "pid"):
             raise ValueError(
                 f"lagrangian={self.lagrangian!r} is not supported; use 'gradient' or 'pid'"
+            )
+        if self.cost_adv_scale not in ("reward_std", "center"):
+            raise ValueError(
+                f"cost_adv_scale={self.cost_adv_scale!r} is not supported; "
+                "use 'reward_std' or 'center'"
             )
         for name in ("rollout_steps", "minibatch_size", "update_epochs"):
             if int(getattr(self, name)) < 1:
@@ -198,9 +217,7 @@ class PIDLagrangian:
     With ``kp = kd = 0`` and ``ki = lr`` this is exactly :func:`update_multipliers`.
     """
 
-    def __init__(
-        self, num_constraints: int, kp: float, ki: float, kd: float, nu_init: float = 0.0
-    ):
+    def __init__(self, num_constraints: int, kp: float, ki: float, kd: float, nu_init: float = 0.0):
         self.kp, self.ki, self.kd = float(kp), float(ki), float(kd)
         start = nu_init / self.ki if self.ki > 0 else 0.0
         self.integral = np.full(num_constraints, start, dtype=np.float64)
@@ -212,7 +229,8 @@ class PIDLagrangian:
         cost = np.asarray(mean_costs, dtype=np.float64)
         delta = cost - np.asarray(limits, dtype=np.float64)
         self.integral = np.maximum(0.0, self.integral + delta)
-        deriv = np.zeros_like(cost) if self.prev_cost is None else np.maximum(0.0, cost - self.prev_cost)
+        rise = cost - (cost if self.prev_cost is None else self.prev_cost)
+        deriv = np.maximum(0.0, rise)
         self.prev_cost = cost.copy()
         self.nu = np.maximum(0.0, self.kp * delta + self.ki * self.integral + self.kd * deriv)
         return self.nu.copy()
@@ -282,9 +300,7 @@ def one_thread() -> Iterator[None]:
 # --------------------------------------------------------------------------------------
 
 
-def mlp(
-    sizes: Sequence[int], out_gain: float, generator: torch.Generator
-) -> nn.Sequential:
+def mlp(sizes: Sequence[int], out_gain: float, generator: torch.Generator) -> nn.Sequential:
     """Tanh MLP with orthogonal init (hidden gain sqrt(2), output ``out_gain``), zero biases."""
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -299,7 +315,7 @@ def mlp(
 
 
 class GaussianPolicy(nn.Module):
-    """Diagonal Gaussian over normalised actions: MLP mean, state-independent log std.
+    """Diagonal Gaussian over pre-squash actions: MLP mean, state-independent log std.
 
     A small output gain (0.01) starts every mean near 0, i.e. mid-range actions.
     """
@@ -357,12 +373,17 @@ class CPL:
     :func:`rlprune.agents.base.finish`). Hyperparameters come from ``config`` and
     keyword ``overrides`` (field names of :class:`CPLConfig`).
 
-    Hooks: ``on_episode(agent, info)`` after every episode (progress, checkpoints),
-    with ``info`` keys ``episode`` (0-based), ``reward``, ``costs`` (ratios),
-    ``multipliers`` (those in force during the episode), ``feasible``, ``accuracy``,
-    ``timesteps``, ``best_reward``; ``on_rollout(agent, info)`` after every update,
-    the freshest point to checkpoint. :meth:`state_dict` may be called anywhere: it
-    returns the state at the last rollout boundary.
+    Hooks: ``on_episode(agent, info)`` (also settable as ``agent.callback``, like the
+    other methods) after every episode, with ``info`` keys ``episode`` (0-based),
+    ``reward`` (= ``return``), ``costs`` (ratios), ``multipliers`` (those in force
+    during the episode), ``feasible``, ``accuracy``, ``timesteps``, ``best_reward``,
+    ``best`` and ``candidate`` (the episode's :class:`~rlprune.history.Candidate`);
+    ``on_rollout(agent, info)`` after every update, the freshest point to checkpoint.
+    :meth:`state_dict` may be called anywhere: it returns the state at the last
+    rollout boundary.
+
+    ``extra["curves"]`` of the result holds one value per episode under ``episode``,
+    ``return``, ``accuracy``, ``feasible``, ``cost/<name>`` and ``multiplier/<name>``.
     """
 
     name = "cpl"
@@ -408,6 +429,15 @@ class CPL:
         self.curves: dict[str, list[float]] = {}
         self._boundary: dict[str, Any] | None = None
 
+    @property
+    def callback(self) -> EpisodeHook | None:
+        """Alias of ``on_episode``: the name the other methods and ``rlprune.api`` use."""
+        return self.on_episode
+
+    @callback.setter
+    def callback(self, hook: EpisodeHook | None) -> None:
+        self.on_episode = hook
+
     # ---------------------------------------------------------------- search (main loop)
 
     def search(self, env: PruningEnv, budget: Budget | None = None) -> SearchResult:
@@ -425,8 +455,12 @@ class CPL:
         eps_per_rollout = max(1, math.ceil(cfg.rollout_steps / T))
         names = list(self.dims["constraint_names"])
         bar = tqdm(
-            total=total, initial=min(self.episode, total), disable=not self.progress,
-            desc="cpl", unit="ep", dynamic_ncols=True,
+            total=total,
+            initial=min(self.episode, total),
+            disable=not self.progress,
+            desc="cpl",
+            unit="ep",
+            dynamic_ncols=True,
         )
         interrupted = False
         try:
@@ -442,23 +476,32 @@ class CPL:
                     assert self.pid is not None
                     self.nu = self.pid.update(mean_costs, self.limits)
                 else:
-                    self.nu = update_multipliers(self.nu, mean_costs, self.limits, cfg.lagrangian_lr)
+                    self.nu = update_multipliers(
+                        self.nu, mean_costs, self.limits, cfg.lagrangian_lr
+                    )
                 # 3. PPO update of policy and critics with the new multipliers
                 with one_thread():
                     stats = self._ppo_update(batch)
                 self._mark_boundary(env)
                 if self.on_rollout is not None:
-                    self.on_rollout(self, {
-                        "episode": self.episode, "timesteps": self.timesteps,
-                        "mean_costs": mean_costs.tolist(),
-                        "multipliers": self.nu.tolist(), **stats,
-                    })
+                    self.on_rollout(
+                        self,
+                        {
+                            "episode": self.episode,
+                            "timesteps": self.timesteps,
+                            "mean_costs": mean_costs.tolist(),
+                            "multipliers": self.nu.tolist(),
+                            **stats,
+                        },
+                    )
         except KeyboardInterrupt:
             interrupted = True
         finally:
             bar.close()
         return finish(
-            self.name, env, start_time,
+            self.name,
+            env,
+            start_time,
             multipliers=[float(v) for v in self.nu],
             constraint_names=names,
             curves={k: list(v) for k, v in self.curves.items()},
@@ -473,7 +516,8 @@ class CPL:
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Run ``n_eps`` whole episodes; return the batch with GAE advantages."""
         assert self.policy is not None and self.critics is not None
-        low, high = self.dims["action_low"], self.dims["action_high"]
+        low = np.asarray(self.dims["action_low"], dtype=np.float64)
+        high = np.asarray(self.dims["action_high"], dtype=np.float64)
         m = len(self.limits)
         obs_l, u_l, rew_l, cost_l, done_l, ep_costs = [], [], [], [], [], []
         ep_reward, ep_cost = 0.0, np.zeros(m)
@@ -482,10 +526,8 @@ class CPL:
             obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(-1))
             with torch.no_grad(), one_thread():
                 dist = self.policy(obs_t)
-                # sample in normalised units; the env gets the rescaled, clipped action
-                u = dist.mean + dist.stddev * torch.randn(
-                    dist.mean.shape, generator=self.torch_gen
-                )
+                # sample u unbounded; the env gets the tanh-squashed, rescaled action
+                u = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.torch_gen)
             u_np = u.numpy().astype(np.float64)
             action = low + (np.tanh(u_np) + 1.0) * 0.5 * (high - low)
             next_obs, reward, terminated, truncated, info = env.step(action.astype(np.float32))
@@ -515,15 +557,18 @@ class CPL:
             v_r, v_c = self.critics(b_obs)
         rewards, costs, dones = np.asarray(rew_l), np.stack(cost_l), np.asarray(done_l)
         # every rollout ends on a terminal step, so there is nothing to bootstrap
-        adv_r, ret_r = compute_gae(
-            rewards, v_r.numpy(), dones, 0.0, cfg.gamma, cfg.gae_lambda
-        )
+        adv_r, ret_r = compute_gae(rewards, v_r.numpy(), dones, 0.0, cfg.gamma, cfg.gae_lambda)
         adv_c, ret_c = compute_gae(
             costs, v_c.numpy(), dones, np.zeros(m), cfg.gamma, cfg.cost_gae_lambda
         )
         batch = {
-            "obs": b_obs, "u": b_u, "logp": b_logp,
-            "adv_r": adv_r, "ret_r": ret_r, "adv_c": adv_c, "ret_c": ret_c,
+            "obs": b_obs,
+            "u": b_u,
+            "logp": b_logp,
+            "adv_r": adv_r,
+            "ret_r": ret_r,
+            "adv_c": adv_c,
+            "ret_c": ret_c,
             "episode_costs": np.stack(ep_costs),
         }
         return batch, obs
@@ -539,25 +584,34 @@ class CPL:
     ) -> None:
         """Record one finished episode in the curves, the progress bar and the hook."""
         nu = [float(v) for v in self.nu]
+        feasible = bool(info.get("feasible", bool(np.all(ep_cost <= self.limits))))
+        accuracy = info.get("accuracy")
         self.curves["episode"].append(float(self.episode))
-        self.curves["reward"].append(ep_reward)
+        self.curves["return"].append(ep_reward)
+        self.curves["accuracy"].append(float("nan") if accuracy is None else float(accuracy))
+        self.curves["feasible"].append(float(feasible))
         for name, c, v in zip(names, ep_cost, nu):
             self.curves[f"cost/{name}"].append(float(c))
             self.curves[f"multiplier/{name}"].append(v)
         best = env.history.best
         best_reward = None if best is None else float(best.reward)
+        candidate = info.get("candidate")
+        if candidate is None and len(env.history):
+            candidate = env.history.candidates[-1]
         record = {
             "episode": self.episode,
             "reward": ep_reward,
+            "return": ep_reward,
             "costs": [float(c) for c in ep_cost],
             "multipliers": nu,
-            "feasible": bool(info.get("feasible", bool(np.all(ep_cost <= self.limits)))),
-            "accuracy": info.get("accuracy"),
+            "feasible": feasible,
+            "accuracy": accuracy,
             "timesteps": self.timesteps,
             "best_reward": best_reward,
+            "best": best,
+            "candidate": candidate,
         }
         self.episode += 1
-        bar.update(1)
         if not bar.disable:
             bar.set_postfix_str(
                 f"best={'-' if best_reward is None else f'{best_reward:.4f}'} "
@@ -565,6 +619,7 @@ class CPL:
                 f"nu=[{', '.join(f'{v:.3f}' for v in nu)}]",
                 refresh=False,
             )
+        bar.update(1)
         if self.on_episode is not None:
             self.on_episode(self, record)
 
@@ -658,10 +713,17 @@ class CPL:
                 f"cost_limits has {len(limits)} values but the env has {m} constraints "
                 f"({', '.join(dims['constraint_names'])}); give one value or one per constraint"
             )
-        self.policy = GaussianPolicy(
-            dims["obs_dim"], dims["act_dim"], cfg.hidden_sizes, cfg.log_std_init, self.torch_gen
-        )
-        self.critics = Critics(dims["obs_dim"], m, cfg.hidden_sizes, self.torch_gen)
+        # weights come from the agent's generator; nn.Linear's default init would also
+        # draw from torch's global RNG, so that draw is undone to leave it untouched
+        with torch.random.fork_rng(devices=[]):
+            self.policy = GaussianPolicy(
+                dims["obs_dim"],
+                dims["act_dim"],
+                cfg.hidden_sizes,
+                cfg.log_std_init,
+                self.torch_gen,
+            )
+            self.critics = Critics(dims["obs_dim"], m, cfg.hidden_sizes, self.torch_gen)
         self.pi_opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.vf_opt = torch.optim.Adam(self.critics.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.nu = np.full(m, cfg.nu_init, dtype=np.float64)
@@ -670,7 +732,7 @@ class CPL:
             if cfg.lagrangian == "pid"
             else None
         )
-        self.curves = {"episode": [], "reward": []}
+        self.curves = {"episode": [], "return": [], "accuracy": [], "feasible": []}
         for name in dims["constraint_names"]:
             self.curves[f"cost/{name}"] = []
             self.curves[f"multiplier/{name}"] = []
@@ -681,27 +743,29 @@ class CPL:
         """A deep copy of the whole training state (taken at rollout boundaries)."""
         assert self.policy is not None and self.critics is not None
         assert self.pi_opt is not None and self.vf_opt is not None
-        return copy.deepcopy({
-            "version": 1,
-            "built": True,
-            "config": asdict(self.config),
-            "seed": self.seed,
-            "episodes": self.episodes,
-            "dims": self.dims,
-            "policy": self.policy.state_dict(),
-            "critics": self.critics.state_dict(),
-            "pi_opt": self.pi_opt.state_dict(),
-            "vf_opt": self.vf_opt.state_dict(),
-            "nu": self.nu.tolist(),
-            "limits": self.limits.tolist(),
-            "pid": None if self.pid is None else self.pid.state_dict(),
-            "torch_rng": self.torch_gen.get_state(),
-            "numpy_rng": self.np_rng.bit_generator.state,
-            "episode": self.episode,
-            "timesteps": self.timesteps,
-            "curves_len": len(self.curves.get("episode", [])),
-            "history_len": history_len,
-        })
+        return copy.deepcopy(
+            {
+                "version": 1,
+                "built": True,
+                "config": asdict(self.config),
+                "seed": self.seed,
+                "episodes": self.episodes,
+                "dims": self.dims,
+                "policy": self.policy.state_dict(),
+                "critics": self.critics.state_dict(),
+                "pi_opt": self.pi_opt.state_dict(),
+                "vf_opt": self.vf_opt.state_dict(),
+                "nu": self.nu.tolist(),
+                "limits": self.limits.tolist(),
+                "pid": None if self.pid is None else self.pid.state_dict(),
+                "torch_rng": self.torch_gen.get_state(),
+                "numpy_rng": self.np_rng.bit_generator.state,
+                "episode": self.episode,
+                "timesteps": self.timesteps,
+                "curves_len": len(self.curves.get("episode", [])),
+                "history_len": history_len,
+            }
+        )
 
     def _mark_boundary(self, env: PruningEnv) -> None:
         history = getattr(env, "history", None)
@@ -717,8 +781,12 @@ class CPL:
         """
         if self._boundary is None:
             return {
-                "version": 1, "built": False, "config": asdict(self.config),
-                "seed": self.seed, "episodes": self.episodes, "episode": 0,
+                "version": 1,
+                "built": False,
+                "config": asdict(self.config),
+                "seed": self.seed,
+                "episodes": self.episodes,
+                "episode": 0,
             }
         state = copy.deepcopy(self._boundary)
         state["curves"] = {k: v[: state["curves_len"]] for k, v in self.curves.items()}
@@ -780,6 +848,7 @@ def _env_dims(env: PruningEnv) -> dict[str, Any]:
         "num_constraints": m,
         "constraint_names": names,
         "episode_steps": int(steps),
-        "action_low": np.asarray(act_space.low, dtype=np.float64),
-        "action_high": np.asarray(act_space.high, dtype=np.float64),
+        # plain lists keep the state loadable with torch.load(weights_only=True)
+        "action_low": np.asarray(act_space.low, dtype=np.float64).tolist(),
+        "action_high": np.asarray(act_space.high, dtype=np.float64).tolist(),
     }
