@@ -54,7 +54,8 @@ def run(setup):
 def expected_dense(setup, env: PruningEnv, policy: list[float], t: int) -> float:
     """The dense reward of step ``t``, recomputed without the env's reward code.
 
-    Prefix ``policy[:t+1]`` pruned, the rest intact; accuracy on the first
+    Prefix ``policy[:t+1]`` pruned, the rest intact, BatchNorm statistics re-estimated
+    on the env's first ``bn_samples`` training inputs; accuracy on the first
     ``DENSE_SAMPLES`` reward samples (the whole reward split at the last step, where the
     candidate is scored); sparsity = params-weighted mean ratio; targets from the
     budget (S* = 1 - 0.5) and the unpruned model's reward-split error (E*); beta = 5.
@@ -64,6 +65,7 @@ def expected_dense(setup, env: PruningEnv, policy: list[float], t: int) -> float
     partial = np.zeros(T)
     partial[: t + 1] = policy[: t + 1]
     pruned = env.space.apply(model, partial)
+    train.recalibrate_bn(pruned, splits.train.x[:256])
     if t < T - 1:
         acc = train.evaluate(pruned, splits.reward.x[:DENSE_SAMPLES],
                              splits.reward.y[:DENSE_SAMPLES])

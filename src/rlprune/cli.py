@@ -147,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # the words of this command (not sys.argv, which is another program's when main(argv)
+    # is called in-process), recorded in run directories and reports
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     handler = getattr(args, "handler", None) or globals()[f"cmd_{args.command}"]
     try:
         return int(handler(args) or 0)

@@ -40,7 +40,7 @@ from rlprune.costs import Budget
 from rlprune.data import Splits
 from rlprune.history import Candidate, History, policy_key
 from rlprune.space import PruningSpace, project
-from rlprune.train import evaluate, finetune_steps
+from rlprune.train import evaluate, finetune_steps, recalibrate_bn
 
 __all__ = ["PruningEnv", "REWARD_SCHEMES", "RewardContext", "register_reward", "dense_reward"]
 
@@ -140,6 +140,7 @@ class PruningEnv(gym.Env):
         reward_samples: int | None = None,
         dense_samples: int | None = 1000,
         reward_options: dict[str, float] | None = None,
+        bn_samples: int = 256,
         example_input: torch.Tensor | None = None,
         history: History | None = None,
         seed: int = 0,
@@ -200,6 +201,9 @@ class PruningEnv(gym.Env):
                                             np.float32)
 
         # evaluation settings
+        if bn_samples < 0:
+            raise ValueError(f"bn_samples must be >= 0, got {bn_samples}")
+        self._bn_x = splits.train.x[:bn_samples]
         self.finetune_steps = int(finetune_steps)
         self.finetune_lr = finetune_lr
         self.eval_batch_size = eval_batch_size
@@ -303,7 +307,7 @@ class PruningEnv(gym.Env):
                         feasible=cand.feasible, candidate=cand)
         elif self.dense:
             partial = self._policy.copy()
-            acc = self._accuracy(self.space.apply(self.model, partial), dense=True)
+            acc = self._accuracy(self.build(partial, finetune=False), dense=True)
             reward = self._dense_step(t, acc, partial)
             info["accuracy"] = acc
         else:
@@ -325,8 +329,10 @@ class PruningEnv(gym.Env):
         return evaluate(model, x, y, self.eval_batch_size)
 
     def build(self, policy: Sequence[float] | np.ndarray, finetune: bool = True) -> nn.Module:
-        """The pruned (and, if configured, briefly fine-tuned) copy of the model."""
+        """The pruned copy of the model, its BatchNorm statistics re-estimated on
+        ``bn_samples`` training inputs, and (if configured) briefly fine-tuned."""
         pruned = self.space.apply(self.model, np.asarray(policy, dtype=np.float64))
+        recalibrate_bn(pruned, self._bn_x)
         if finetune and self.finetune_steps > 0:
             finetune_steps(pruned, self.splits.train, self.finetune_steps, lr=self.finetune_lr,
                            seed=self.seed_value, augmentation=self.splits.augmentation,

@@ -84,12 +84,13 @@ class History:
         self.candidates.append(cand)
         self._by_key.setdefault(policy_key(cand.policy), cand)
         if cand.feasible and math.isfinite(cand.reward) and (
-            self.best is None or self._key(cand) > self._key(self.best)
+            self.best is None or self.key(cand) > self.key(self.best)
         ):
             self.best = cand
         return cand
 
-    def _key(self, c: Candidate) -> tuple[float, float]:
+    def key(self, c: Candidate) -> tuple[float, float]:
+        """The ranking key of a candidate (higher is better)."""
         return (c.reward, c.accuracy) if self.rank == "reward" else (c.accuracy, c.reward)
 
     @property

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -93,13 +94,47 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ValueError(f"config file {p} must hold a mapping of keys to values")
     norm = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    norm.pop("_command", None)  # written by a run into its config.yaml: that file is reusable
     unknown = sorted(set(norm) - set(_FIELDS))
     if unknown:
         raise ValueError(f"unknown key(s) in {p}: {', '.join(unknown)}; known keys: "
                          f"{', '.join(sorted(_FIELDS))}")
     if isinstance(norm.get("methods"), str):
         norm["methods"] = [m.strip() for m in norm["methods"].split(",") if m.strip()]
+    for key, value in norm.items():
+        norm[key] = _check_type(p, key, value)
     return norm
+
+
+def _check_type(path: Path, key: str, value: Any) -> Any:
+    """``value`` as the type of config key ``key``; a clear error naming the key if not."""
+    typ = str(_FIELDS[key].type)
+    if value is None:
+        if "None" in typ:
+            return None
+        raise ValueError(f"config key {key!r} in {path} needs a value")
+    if typ == "bool":
+        ok = isinstance(value, bool)
+        want = "true or false"
+    elif typ == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "an integer"
+    elif typ == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+        want = "a number"
+    elif typ.startswith("list"):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        want = "a list of names"
+    elif typ.startswith("int"):  # int | None
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "an integer"
+    else:  # str, str | None
+        ok = isinstance(value, str)
+        want = "a string"
+    if not ok:
+        raise ValueError(f"config key {key!r} in {path} must be {want}, got {value!r}")
+    return value
 
 
 def cache_dir() -> Path:
@@ -130,6 +165,23 @@ def pretrained(model_name: str, splits: Any, epochs: int, seed: int = 0,
         return m, {"dataset": splits.name, "test_accuracy": acc, "epochs": epochs}
 
     return train.cached(path, build)
+
+
+def _check_names(cfg: RunConfig, methods: list[str]) -> None:
+    """Method and reward names, checked before data loading and pretraining (minutes)."""
+    from rlprune.agents.base import list_methods
+    from rlprune.env import REWARD_SCHEMES
+
+    known = list_methods()
+    bad = [m for m in methods if m not in known]
+    if bad:
+        raise ValueError(f"unknown method(s) {', '.join(map(repr, bad))}; known methods: "
+                         f"{', '.join(known)}")
+    if not methods:
+        raise ValueError(f"no method given; known methods: {', '.join(known)}")
+    if cfg.reward and cfg.reward not in REWARD_SCHEMES:
+        raise ValueError(f"unknown reward scheme {cfg.reward!r}; known: "
+                         f"{', '.join(REWARD_SCHEMES)}")
 
 
 def _load_inputs(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
@@ -215,24 +267,11 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
 
     cfg.validate()
     budget = Budget.parse(cfg.budget or "")
+    _check_names(cfg, [cfg.method])
     model, splits, _ = _load_inputs(cfg)
     run_dir = Path(cfg.out) if cfg.out else None
-    log_path = None
-    replay: list[Any] = []
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log_path = run_dir / "log.jsonl"
-        if resume:
-            replay = _read_log(log_path)
-            # rewrite the log without a torn tail line
-            from rlprune.train import atomic_write_bytes
-
-            atomic_write_bytes(log_path, "".join(json.dumps(c.to_dict()) + "\n"
-                                                 for c in replay).encode())
-        else:
-            if log_path.exists():
-                log_path.unlink()
-            _save_config(run_dir, cfg, command)
+    log_path = None if run_dir is None else run_dir / "log.jsonl"
+    replay: list[Any] = _read_log(log_path) if (resume and log_path is not None) else []
 
     env_kwargs: dict[str, Any] = {"finetune_steps": cfg.search_finetune_steps,
                                   "reward_samples": cfg.reward_samples}
@@ -259,6 +298,21 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
                              cfg.importance, ex, space, cfg.seed, **env_kwargs)
     if replay:
         env_probe.enable_replay()
+    # an unreachable budget is an error now, not after the whole search (and before the
+    # run directory is written): the most aggressive pruning allowed must fit
+    env_probe.project(env_probe.space.max_policy())
+    if run_dir is not None and log_path is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            # rewrite the log without a torn tail line
+            from rlprune.train import atomic_write_bytes
+
+            atomic_write_bytes(log_path, "".join(json.dumps(c.to_dict()) + "\n"
+                                                 for c in replay).encode())
+        else:
+            if log_path.exists():
+                log_path.unlink()
+            _save_config(run_dir, cfg, command)
     holder["rec"] = _Recorder(log_path, env_probe,
                               run_dir / "tb" if (cfg.tensorboard and run_dir) else None)
     result = api.prune(model, splits, budget, method=cfg.method, granularity=cfg.granularity,
@@ -276,8 +330,11 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
 def run_compare(cfg: RunConfig, command: str = "") -> list[Any]:
     """Every method of ``cfg.methods`` on the same checkpoint and budget; writes the table."""
     from rlprune import api, report
+    from rlprune.costs import Budget
 
     cfg.validate()
+    Budget.parse(cfg.budget or "")
+    _check_names(cfg, list(cfg.methods))
     model, splits, _ = _load_inputs(cfg)
     ex = splits.example_input(1)
     env_kwargs: dict[str, Any] = {"finetune_steps": cfg.search_finetune_steps,
@@ -386,8 +443,13 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(**values)
 
 
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as typed, quoted so that it can be pasted back into a shell."""
+    return "rlprune " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
-    command = "rlprune " + " ".join(sys.argv[1:])
+    command = _command_line(args)
     if args.resume:
         run_dir = Path(args.resume)
         cfg_path = run_dir / "config.yaml"
@@ -411,7 +473,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    run_compare(_config_from_args(args), command="rlprune " + " ".join(sys.argv[1:]))
+    run_compare(_config_from_args(args), command=_command_line(args))
     return 0
 
 
