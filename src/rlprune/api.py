@@ -215,6 +215,8 @@ def prune(
         env = make_env(original, splits, budget, method, granularity, importance, ex, space,
                        seed, **(env_kwargs or {}))
     t_env = time.perf_counter() - t0
+    # An unreachable budget is a clear error before any search time is spent.
+    env.project(env.max_ratios)
     mkw = dict(method_kwargs or {})
     if search_episodes is not None:
         mkw["episodes"] = search_episodes

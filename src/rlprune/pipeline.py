@@ -363,7 +363,7 @@ def run_compare(cfg: RunConfig, command: str = "") -> list[Any]:
         report.write_compare(out, rows, original=original, budget=budget, data_name=splits.name,
                              model_name=cfg.model or cfg.checkpoint, command=command,
                              plots=cfg.plots)
-        best = max(results, key=lambda r: (r.accuracy.get("pruned") or 0.0))
+        best = max(results, key=lambda r: (r.accuracy.get("reward_pruned") or 0.0))
         report.write_run(out / f"best-{best.method}", best, data_name=splits.name,
                          command=command, config=dataclasses.asdict(cfg), example_input=ex,
                          plots=cfg.plots, onnx=cfg.onnx)

@@ -1052,6 +1052,7 @@ def compare_row(result: RunResult) -> dict[str, Any]:
         "reward_acc_before_ft": acc.get("reward_pruned_before_finetune", math.nan),
         "test_acc_before_ft": acc.get("pruned_before_finetune", math.nan),
         "test_acc_after_ft": acc.get("pruned", math.nan),
+        "reward_acc_after_ft": acc.get("reward_pruned", math.nan),
         "evaluations": getattr(result.search, "evaluations", None),
         "best_found_at": getattr(result.search, "best_found_at", None),
         "search_s": result.timings.get("search_s", getattr(result.search, "wall_time", None)),
