@@ -19,12 +19,12 @@ from torch import nn
 
 from rlprune import costs as costs_mod
 from rlprune import train as train_mod
-from rlprune.agents.base import SearchResult, get_method
+from rlprune.agents.base import SearchResult, check_methods, get_method
 from rlprune.costs import Budget
 from rlprune.data import Splits, as_splits
 from rlprune.env import PruningEnv
 from rlprune.history import History
-from rlprune.space import PruningSpace
+from rlprune.space import PruningSpace, bisect_boundary
 
 __all__ = ["PruneResult", "prune", "compare", "load", "make_env", "budget_for",
            "METHOD_ENV_DEFAULTS", "SEARCHING_METHODS"]
@@ -146,16 +146,7 @@ def refine(env: PruningEnv, policy: np.ndarray, iterations: int = 12) -> np.ndar
     def ok(s: float) -> bool:
         return bool(np.all(env.cost_ratios(p * s) <= 1.0))
 
-    lo, hi = 0.0, 1.0
-    if ok(lo):
-        hi = lo
-    else:
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            if ok(mid):
-                hi = mid
-            else:
-                lo = mid
+    hi = 0.0 if ok(0.0) else bisect_boundary(ok, iterations)
     if hi > 0.995:
         return p
     base = env.history.lookup(p) or env.evaluate_policy(p)
@@ -321,15 +312,7 @@ def compare(
     shared. ``on_result(result)`` is called as each method finishes. Returns one
     :class:`PruneResult` per method, in order.
     """
-    from rlprune.agents.base import list_methods
-
-    known = list_methods()
-    bad = [m for m in methods if m not in known]
-    if bad:
-        raise ValueError(f"unknown method(s) {', '.join(map(repr, bad))}; known: "
-                         f"{', '.join(known)}")
-    if not methods:
-        raise ValueError("compare needs at least one method")
+    check_methods(methods)
     _check_model(model)
     splits = as_splits(data, seed=seed)
     budget = budget_for(budget, granularity)

@@ -169,16 +169,10 @@ def pretrained(model_name: str, splits: Any, epochs: int, seed: int = 0,
 
 def _check_names(cfg: RunConfig, methods: list[str]) -> None:
     """Method and reward names, checked before data loading and pretraining (minutes)."""
-    from rlprune.agents.base import list_methods
+    from rlprune.agents.base import check_methods
     from rlprune.env import REWARD_SCHEMES
 
-    known = list_methods()
-    bad = [m for m in methods if m not in known]
-    if bad:
-        raise ValueError(f"unknown method(s) {', '.join(map(repr, bad))}; known methods: "
-                         f"{', '.join(known)}")
-    if not methods:
-        raise ValueError(f"no method given; known methods: {', '.join(known)}")
+    check_methods(methods)
     if cfg.reward and cfg.reward not in REWARD_SCHEMES:
         raise ValueError(f"unknown reward scheme {cfg.reward!r}; known: "
                          f"{', '.join(REWARD_SCHEMES)}")

@@ -969,14 +969,23 @@ def project(
     def at(t: float) -> np.ndarray:
         return np.minimum(base + t * (pmax - base), pmax)
 
+    return _confirm(ev, at, bisect_boundary(lambda t: ev.ok(at(t)), iterations), bound)
+
+
+def bisect_boundary(ok: Callable[[float], bool], iterations: int = 16) -> float:
+    """The smallest ``t`` in [0, 1] with ``ok(t)``, by bisection (``ok(1)`` assumed true).
+
+    ``ok`` must be monotone: once true, true for every larger ``t``. The returned value
+    is always on the true side (within ``2**-iterations`` of the boundary).
+    """
     lo, hi = 0.0, 1.0
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        if ev.ok(at(mid)):
+        if ok(mid):
             hi = mid
         else:
             lo = mid
-    return _confirm(ev, at, hi, bound)
+    return hi
 
 
 def _confirm(
@@ -1025,11 +1034,4 @@ def uniform_policy(
     vmax = ev.values(pmax)
     if not bound.ok_of(vmax):
         raise BudgetInfeasibleError(_infeasible(space, bound, vmax), _failures(bound, vmax))
-    lo, hi = 0.0, 1.0
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        if ev.ok(at(mid)):
-            hi = mid
-        else:
-            lo = mid
-    return _confirm(ev, at, hi, bound)
+    return _confirm(ev, at, bisect_boundary(lambda t: ev.ok(at(t)), iterations), bound)

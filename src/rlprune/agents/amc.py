@@ -49,8 +49,8 @@ from stable_baselines3 import DDPG
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.utils import update_learning_rate
 
-from rlprune.agents.base import SearchResult, finish, register_method
-from rlprune.agents.purl import EpisodeCallback, EpisodeRecorder, _make_config
+from rlprune.agents.base import SearchResult, finish, make_config, register_method
+from rlprune.agents.purl import EpisodeCallback, EpisodeRecorder
 
 if TYPE_CHECKING:
     from rlprune.costs import Budget
@@ -377,7 +377,7 @@ class AMC:
                  **overrides: Any):
         if int(episodes) < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes!r}")
-        self.config: AMCConfig = _make_config(AMCConfig, config, overrides, "amc")
+        self.config: AMCConfig = make_config(AMCConfig, config, overrides, "amc")
         self.episodes = int(episodes)
         self.seed = int(seed)
         self.progress = progress

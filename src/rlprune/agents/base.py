@@ -8,9 +8,10 @@ so that whatever an agent did, the returned policy meets every hard constraint.
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
     from rlprune.costs import Budget
     from rlprune.env import PruningEnv
 
-__all__ = ["SearchResult", "Searcher", "register_method", "get_method", "list_methods", "finish"]
+__all__ = ["SearchResult", "Searcher", "register_method", "get_method", "list_methods", "finish",
+           "check_methods", "make_config"]
 
 
 @dataclass
@@ -69,6 +71,32 @@ def list_methods() -> list[str]:
     import rlprune.agents  # noqa: F401  (importing the package registers every method)
 
     return sorted(_METHODS)
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming unknown methods (or an empty list) and the known ones."""
+    known = list_methods()
+    bad = [m for m in methods if m not in known]
+    if bad:
+        raise ValueError(f"unknown method(s) {', '.join(map(repr, bad))}; known methods: "
+                         f"{', '.join(known)}")
+    if not methods:
+        raise ValueError(f"no method given; known methods: {', '.join(known)}")
+
+
+def make_config(cls: type[Any], config: Any, overrides: dict[str, Any], method: str) -> Any:
+    """A method's config dataclass: ``config`` (or the defaults) with keyword overrides.
+
+    Unknown option names are an error listing the accepted ones.
+    """
+    base = copy.deepcopy(config) if config is not None else cls()
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {method} option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}"
+        )
+    return replace(base, **overrides) if overrides else base
 
 
 def get_method(name: str, **kwargs: Any) -> Searcher:

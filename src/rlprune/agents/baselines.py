@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from rlprune.agents.base import SearchResult, finish, register_method
 from rlprune.costs import Budget, BudgetInfeasibleError
 from rlprune.env import PruningEnv
-from rlprune.space import uniform_policy
+from rlprune.space import bisect_boundary, uniform_policy
 
 __all__ = ["Uniform", "RandomSearch", "GlobalThreshold", "bisect_feasible"]
 
@@ -49,14 +49,8 @@ def bisect_feasible(
             "budget cannot be met even at the most aggressive pruning allowed "
             f"(constraint value / limit = {np.round(hi_ratios, 4).tolist()})"
         )
-    lo, hi = 0.0, 1.0
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if np.all(ratios_of(make_policy(mid)) <= 1.0):
-            hi = mid
-        else:
-            lo = mid
-    return make_policy(hi)
+    return make_policy(bisect_boundary(lambda s: bool(np.all(ratios_of(make_policy(s)) <= 1.0)),
+                                       iters))
 
 
 class _Base:

@@ -50,7 +50,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,7 +58,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rlprune.agents.base import SearchResult, finish, register_method
+from rlprune.agents.base import SearchResult, finish, make_config, register_method
 
 if TYPE_CHECKING:
     from rlprune.costs import Budget
@@ -398,14 +398,7 @@ class CPL:
         on_rollout: EpisodeHook | None = None,
         **overrides: Any,
     ):
-        config = copy.deepcopy(config) if config is not None else CPLConfig()
-        known = {f.name for f in fields(CPLConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown cpl option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}"
-            )
-        self.config = replace(config, **overrides) if overrides else config
+        self.config: CPLConfig = make_config(CPLConfig, config, overrides, "cpl")
         if int(episodes) < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes!r}")
         self.episodes = int(episodes)

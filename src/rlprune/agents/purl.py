@@ -28,10 +28,9 @@ callback) is shared with the other Stable-Baselines3 method, ``amc``.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,7 +38,7 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm.auto import tqdm
 
-from rlprune.agents.base import SearchResult, finish, register_method
+from rlprune.agents.base import SearchResult, finish, make_config, register_method
 
 if TYPE_CHECKING:
     from rlprune.costs import Budget
@@ -96,18 +95,6 @@ class PuRLConfig:
         for name in ("batch_size", "target_update_episodes", "train_freq", "gradient_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-
-
-def _make_config(cls: type[Any], config: Any, overrides: dict[str, Any], method: str) -> Any:
-    """``config`` (or the defaults) with keyword overrides; unknown names are an error."""
-    base = copy.deepcopy(config) if config is not None else cls()
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown {method} option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}"
-        )
-    return replace(base, **overrides) if overrides else base
 
 
 class EpisodeRecorder(BaseCallback):
@@ -219,7 +206,7 @@ class PuRL:
                  config: PuRLConfig | None = None, **overrides: Any):
         if int(episodes) < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes!r}")
-        self.config: PuRLConfig = _make_config(PuRLConfig, config, overrides, "purl")
+        self.config: PuRLConfig = make_config(PuRLConfig, config, overrides, "purl")
         self.episodes = int(episodes)
         self.seed = int(seed)
         self.progress = progress
