@@ -181,3 +181,15 @@ def test_cpl_beats_uniform_at_weight_budget(model, digits):
     acc = {r.method: train.evaluate(r.model, digits.reward.x, digits.reward.y)
            for r in (uni, cpl)}
     assert acc["cpl"] >= acc["uniform"]
+
+
+def test_digits_end_to_end_keeps_accuracy(model, digits):
+    """Issue acceptance: params<=0.3 with 3 fine-tune epochs stays within 5 points."""
+    res = api.prune(model, digits, "params<=0.3", method="uniform", finetune_epochs=3,
+                    finetune_lr=0.02, progress=False)
+    assert res.feasible
+    params = sum(p.numel() for p in res.model.parameters())
+    assert params <= 0.3 * sum(p.numel() for p in model.parameters())
+    acc = train.evaluate(res.model, digits.test.x, digits.test.y)
+    assert acc == pytest.approx(res.accuracy["pruned"])
+    assert acc >= res.accuracy["original"] - 0.05
