@@ -36,6 +36,14 @@ METHOD_ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Agent options ``prune`` sets unless the caller does. cpl: the authors' 128-step
+#: rollouts would give a short search (tens of episodes) no update at all, so rollouts
+#: are shortened to give at least 4 policy and multiplier updates.
+METHOD_AGENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpl": {"min_updates": 4},
+}
+
+
 @dataclass
 class PruneResult:
     """What :func:`prune` returns.
@@ -208,7 +216,7 @@ def prune(
     t_env = time.perf_counter() - t0
     # An unreachable budget is a clear error before any search time is spent.
     env.project(env.max_ratios)
-    mkw = dict(method_kwargs or {})
+    mkw = {**METHOD_AGENT_DEFAULTS.get(method, {}), **(method_kwargs or {})}
     if search_episodes is not None:
         mkw["episodes"] = search_episodes
     searcher = get_method(method, seed=seed, progress=progress, **mkw)

@@ -23,7 +23,9 @@ Choices worth knowing (each documented where it is made):
   bound (it does, since keeping everything maximises accuracy until ``nu`` catches
   up), every sample maps to the same action, advantages vanish and the policy
   never comes back.
-* A rollout is ``rollout_steps`` rounded *up* to whole episodes. Pruning episodes
+* A rollout is ``rollout_steps`` rounded *up* to whole episodes; with
+  ``min_updates > 0`` it is shortened for short searches so that at least that many
+  updates happen (``rlprune.prune`` uses 4). Pruning episodes
   have a fixed length ``T`` and all reward/cost arrives at the last step, so a cut
   episode would only add bootstrap noise; whole episodes also make every rollout
   boundary an episode boundary, which is where checkpoints are taken.
@@ -97,6 +99,7 @@ class CPLConfig:
     learning_rate: float = 3e-4
     """Adam step size of the policy and of the critics (two separate optimisers)."""
     rollout_steps: int = 128
+    min_updates: int = 0  # > 0: shrink rollouts of short searches to give this many updates
     """Steps per rollout, rounded up to whole episodes."""
     minibatch_size: int = 64
     update_epochs: int = 10
@@ -445,7 +448,12 @@ class CPL:
         self._setup(env)
         T = self.dims["episode_steps"]
         total = self._total_episodes(T)
+        # The authors' 128-step rollouts, unless the search is so short that fewer than
+        # ``min_updates`` policy/multiplier updates would happen (a 40-episode search of a
+        # 3-layer model would otherwise never update at all).
         eps_per_rollout = max(1, math.ceil(cfg.rollout_steps / T))
+        if cfg.min_updates > 0:
+            eps_per_rollout = max(1, min(eps_per_rollout, total // cfg.min_updates))
         names = list(self.dims["constraint_names"])
         bar = tqdm(
             total=total,
