@@ -51,6 +51,7 @@ from stable_baselines3.common.utils import update_learning_rate
 
 from rlprune.agents.base import SearchResult, finish, make_config, register_method
 from rlprune.agents.purl import EpisodeCallback, EpisodeRecorder
+from rlprune.space import bisect_boundary
 
 if TYPE_CHECKING:
     from rlprune.costs import Budget
@@ -152,14 +153,8 @@ class ActionWall(gym.Wrapper):
             return ratio
         if ratio >= hi or not ok(hi):
             return max(ratio, hi)
-        lo = ratio
-        for _ in range(self.bisect_iters):
-            mid = 0.5 * (lo + hi)
-            if ok(mid):
-                hi = mid
-            else:
-                lo = mid
-        return hi
+        span = hi - ratio
+        return ratio + span * bisect_boundary(lambda u: ok(ratio + u * span), self.bisect_iters)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         t = self._t
