@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shlex
 import sys
@@ -213,12 +212,11 @@ class _Recorder:
     def __call__(self, agent: Any, info: dict[str, Any]) -> None:
         cands = self.env.history.candidates
         new = cands[self.written:]
-        if self.log_path is not None and new:
-            with open(self.log_path, "a") as f:
-                for c in new:
-                    f.write(json.dumps(c.to_dict()) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+        if self.log_path is not None:
+            from rlprune.report import append_log
+
+            for c in new:
+                append_log(self.log_path, c)
         if self.tb is not None:
             for c in new:
                 self.tb.add_scalar("search/reward", c.reward, c.index)
@@ -231,18 +229,10 @@ class _Recorder:
 
 
 def _read_log(path: Path) -> list[Any]:
-    """Candidates of a log.jsonl; a torn last line (the process was killed) is dropped."""
-    from rlprune.history import Candidate
+    """Candidates of a log.jsonl (none if absent); a torn last line is dropped."""
+    from rlprune.report import read_log
 
-    out = []
-    if not path.is_file():
-        return out
-    for line in path.read_text().splitlines():
-        try:
-            out.append(Candidate.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError):
-            break
-    return out
+    return read_log(path).candidates if path.is_file() else []
 
 
 def _save_config(run_dir: Path, cfg: RunConfig, command: str) -> None:
@@ -299,10 +289,9 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             # rewrite the log without a torn tail line
-            from rlprune.train import atomic_write_bytes
+            from rlprune.report import write_log
 
-            atomic_write_bytes(log_path, "".join(json.dumps(c.to_dict()) + "\n"
-                                                 for c in replay).encode())
+            write_log(log_path, replay)
         else:
             if log_path.exists():
                 log_path.unlink()
