@@ -365,3 +365,73 @@ def test_cached_builds_once_and_rebuilds_corrupt(
     path.write_bytes(b"corrupt")
     assert train.cached(path, build)[1] == {"n": 2}
     assert len(builds) == 2
+
+
+# ----------------------------------------------------------------------------- devices
+def test_compute_device_defaults_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RLPRUNE_DEVICE", raising=False)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert train.compute_device().type == expected
+    assert train.compute_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("RLPRUNE_DEVICE", "cpu")
+    assert train.compute_device() == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        train.compute_device("gpu0")
+    with pytest.raises(ValueError, match="unsupported device 'meta'"):
+        train.compute_device("meta")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("RLPRUNE_DEVICE", "cuda")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            train.compute_device()
+
+
+class _RecordingNet(nn.Module):
+    """Records every ``.to`` call instead of moving anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.moves: list[object] = []
+
+    def to(self, *args: object, **kwargs: object) -> _RecordingNet:  # type: ignore[override]
+        self.moves.append(args[0] if args else kwargs)
+        return self
+
+
+def test_on_device_moves_there_and_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = _RecordingNet()
+    monkeypatch.setattr(train, "compute_device", lambda device=None: torch.device("cuda"))
+    with pytest.raises(RuntimeError, match="boom"), train._on_device(net, None) as dev:
+        assert dev == torch.device("cuda")
+        assert net.moves == [torch.device("cuda")]
+        raise RuntimeError("boom")
+    assert net.moves == [torch.device("cuda"), torch.device("cpu")]  # back even on error
+    net.moves.clear()
+    monkeypatch.setattr(train, "compute_device", lambda device=None: torch.device("cpu"))
+    with train._on_device(net, None):
+        pass
+    assert net.moves == []  # already there: no copies
+
+
+def test_cpu_device_keeps_parameters_in_place(digits: data.Splits) -> None:
+    model = fresh_cnn()
+    ids = [id(p) for p in model.parameters()]
+    acc = train.evaluate(model, digits.test.x, digits.test.y, device="cpu")
+    train.fit(model, digits, epochs=1, max_steps=2, progress=False, device="cpu")
+    assert [id(p) for p in model.parameters()] == ids
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert 0.0 <= acc <= 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_scores_like_cpu_and_model_comes_back(
+    digits: data.Splits, trained_digits_cnn: nn.Module
+) -> None:
+    model = copy.deepcopy(trained_digits_cnn)
+    cpu = train.evaluate(model, digits.test.x, digits.test.y, device="cpu")
+    gpu = train.evaluate(model, digits.test.x, digits.test.y, device="cuda")
+    assert abs(cpu - gpu) < 0.01
+    train.fit(model, digits, epochs=1, max_steps=3, progress=False, device="cuda")
+    assert train.recalibrate_bn(model, digits.train.x[:64], device="cuda")
+    train.finetune_steps(model, digits.train, 2, device="cuda")
+    assert all(p.device.type == "cpu" for p in model.parameters())

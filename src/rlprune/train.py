@@ -11,12 +11,13 @@ written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
     "load_checkpoint",
     "atomic_write_bytes",
     "recalibrate_bn",
+    "compute_device",
     "CheckpointError",
 ]
 
@@ -44,17 +46,69 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing or unreadable."""
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` on ``(x, y)``, in eval mode, no autograd."""
+Device = str | torch.device | None
+
+
+def compute_device(device: Device = None) -> torch.device:
+    """The device training and evaluation run on.
+
+    ``device`` if given, else ``$RLPRUNE_DEVICE``, else CUDA when available, else the
+    CPU. Models live on the CPU everywhere else in the library (pruning, cost
+    counting, export); the functions of this module move a model to this device for
+    the duration of the call and back, so a GPU speeds up the expensive part (scoring
+    and fine-tuning) without any other code knowing about it.
+    """
+    name = device if device is not None else os.environ.get("RLPRUNE_DEVICE") or None
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {name!r} (use cpu, cuda or cuda:N): {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available here")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r}: rlprune runs on cpu or cuda")
+    return dev
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _on_device(model: nn.Module, device: Device) -> Iterator[torch.device]:
+    """Run a block with ``model`` on the compute device, then move it back."""
+    target = compute_device(device)
+    home = _model_device(model)
+    moved = home != target
+    if moved:
+        model.to(target)
+    try:
+        yield target
+    finally:
+        if moved:
+            model.to(home)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
+             device: Device = None) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` on ``(x, y)``, in eval mode, no autograd,
+    computed on ``compute_device(device)``."""
     if len(y) == 0:
         return float("nan")
     was_training = model.training
     model.eval()
     correct = 0
-    with torch.inference_mode():
+    with _on_device(model, device) as dev, torch.inference_mode():
         for i in range(0, len(y), batch_size):
-            out = model(x[i : i + batch_size])
-            correct += int((out.argmax(1) == y[i : i + batch_size]).sum())
+            out = model(x[i : i + batch_size].to(dev, non_blocking=True))
+            yb = y[i : i + batch_size].to(dev, non_blocking=True)
+            correct += int((out.argmax(1) == yb).sum())
     model.train(was_training)
     return correct / len(y)
 
@@ -94,6 +148,7 @@ def fit(
     desc: str = "train",
     max_steps: int | None = None,
     keep_zeros: bool = False,
+    device: Device = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` in place on ``splits.train`` and return per-epoch curves.
 
@@ -103,7 +158,8 @@ def fit(
     caps the number of optimiser steps (a short fine-tune). ``keep_zeros`` keeps
     every weight of a conv/linear layer that is zero at the start at zero (fine-tuning
     a weight-pruned model without regrowing what was pruned). Accuracy on the reward
-    split is reported per epoch (never the test split).
+    split is reported per epoch (never the test split). Training runs on
+    ``compute_device(device)`` and the model is back on its own device afterwards.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -115,57 +171,65 @@ def fit(
     curves: dict[str, list[float]] = {"loss": [], "train_acc": [], "reward_acc": []}
     if total == 0:
         return curves
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                          weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-    )
-    if teacher is not None:
-        teacher.eval()
-    masks = zero_masks(model) if keep_zeros else []
-    step = 0
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="step")
-    model.train()
-    while step < total:
-        tot_loss, tot_correct, tot_n = 0.0, 0, 0
-        for xb, yb in train.batches(batch_size, shuffle=True, generator=g):
-            xb = augment(xb, splits.augmentation, g)
-            out = model(xb)
-            t_out = None
-            if teacher is not None and distill_alpha > 0:
-                with torch.no_grad():
-                    t_out = teacher(xb)
-            loss = _loss(out, yb, label_smoothing, t_out, distill_alpha, temperature)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at step {step}; "
-                                         "lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            _apply_masks(masks)
-            step += 1
-            tot_loss += loss.item() * len(yb)
-            tot_correct += int((out.argmax(1) == yb).sum())
-            tot_n += len(yb)
-            bar.update(1)
-            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}")
-            if step >= total:
-                break
-        curves["loss"].append(tot_loss / max(tot_n, 1))
-        curves["train_acc"].append(tot_correct / max(tot_n, 1))
-        if len(splits.reward):
-            curves["reward_acc"].append(evaluate(model, splits.reward.x, splits.reward.y))
-    bar.close()
-    model.eval()
+    with _on_device(model, device) as dev, contextlib.ExitStack() as stack:
+        if teacher is not None:
+            stack.enter_context(_on_device(teacher, dev))
+        g = torch.Generator().manual_seed(seed)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                              weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        )
+        if teacher is not None:
+            teacher.eval()
+        masks = zero_masks(model) if keep_zeros else []
+        step = 0
+        bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="step")
+        model.train()
+        while step < total:
+            tot_loss, tot_correct, tot_n = 0.0, 0, 0
+            for xb, yb in train.batches(batch_size, shuffle=True, generator=g):
+                xb = augment(xb, splits.augmentation, g).to(dev, non_blocking=True)
+                yb = yb.to(dev, non_blocking=True)
+                out = model(xb)
+                t_out = None
+                if teacher is not None and distill_alpha > 0:
+                    with torch.no_grad():
+                        t_out = teacher(xb)
+                loss = _loss(out, yb, label_smoothing, t_out, distill_alpha, temperature)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training loss became {loss.item()} at step {step}; "
+                        "lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                _apply_masks(masks)
+                step += 1
+                tot_loss += loss.item() * len(yb)
+                tot_correct += int((out.argmax(1) == yb).sum())
+                tot_n += len(yb)
+                bar.update(1)
+                bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}",
+                                acc=f"{tot_correct / tot_n:.3f}")
+                if step >= total:
+                    break
+            curves["loss"].append(tot_loss / max(tot_n, 1))
+            curves["train_acc"].append(tot_correct / max(tot_n, 1))
+            if len(splits.reward):
+                curves["reward_acc"].append(evaluate(model, splits.reward.x, splits.reward.y,
+                                                    device=dev))
+        bar.close()
+        model.eval()
     return curves
 
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> bool:
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
+                   device: Device = None) -> bool:
     """Re-estimate BatchNorm running statistics of ``model`` on inputs ``x`` (in place).
 
     Pruning changes the activations each BN layer sees, so the stored statistics no
@@ -183,9 +247,9 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> 
         m.momentum = None  # cumulative average over all batches
     was_training = model.training
     model.train()
-    with torch.no_grad():
+    with _on_device(model, device) as dev, torch.no_grad():
         for i in range(0, len(x), batch_size):
-            model(x[i : i + batch_size])
+            model(x[i : i + batch_size].to(dev, non_blocking=True))
     for m, mom in saved:
         m.momentum = mom
     model.train(was_training)
@@ -213,26 +277,30 @@ def _apply_masks(masks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 def finetune_steps(
     model: nn.Module, train: Split, steps: int, lr: float = 0.01, batch_size: int = 128,
     seed: int = 0, augmentation: str | None = None, keep_zeros: bool = False,
+    device: Device = None,
 ) -> None:
-    """A short fine-tune of ``steps`` SGD steps at a constant rate (used inside a search)."""
+    """A short fine-tune of ``steps`` SGD steps at a constant rate (used inside a search),
+    on ``compute_device(device)``."""
     if steps <= 0:
         return
-    masks = zero_masks(model) if keep_zeros else []
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    model.train()
-    done = 0
-    while done < steps:
-        for xb, yb in train.batches(batch_size, shuffle=True, generator=g):
-            loss = F.cross_entropy(model(augment(xb, augmentation, g)), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            _apply_masks(masks)
-            done += 1
-            if done >= steps:
-                break
-    model.eval()
+    with _on_device(model, device) as dev:
+        masks = zero_masks(model) if keep_zeros else []
+        g = torch.Generator().manual_seed(seed)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        model.train()
+        done = 0
+        while done < steps:
+            for xb, yb in train.batches(batch_size, shuffle=True, generator=g):
+                xb = augment(xb, augmentation, g).to(dev, non_blocking=True)
+                loss = F.cross_entropy(model(xb), yb.to(dev, non_blocking=True))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                _apply_masks(masks)
+                done += 1
+                if done >= steps:
+                    break
+        model.eval()
 
 
 # -------------------------------------------------------------------------- checkpoints
