@@ -305,9 +305,10 @@ def test_bad_config_is_one_clear_error(
         ([*MODEL, "--budget", BUDGET, "--method", "dqn9000"], ["dqn9000", "cpl"]),
         (["--model", "resnet9000", "--data", "digits", "--budget", BUDGET],
          ["resnet9000", "digits_cnn"]),
+        ([*MODEL, "--budget", BUDGET, "--dense-samples", "0"], ["dense_samples", ">= 1"]),
     ],
     ids=["infeasible-budget", "missing-checkpoint", "malformed-budget", "budget-not-a-number",
-         "unknown-cost", "unknown-method", "unknown-model"],
+         "unknown-cost", "unknown-method", "unknown-model", "zero-dense-samples"],
 )
 def test_bad_input_is_one_clear_error(
     cache_env: Path, tmp_path: Path, args: list[str], names: list[str]
@@ -525,3 +526,13 @@ def test_demo(tmp_path: Path) -> None:
     for r in rows:
         assert f"| {r['method']} |" in md
     assert len(list(out_dir.glob("best-*/report.json"))) == 1
+
+
+def test_dense_samples_reaches_the_env(digits: Any, trained_digits_cnn: Any) -> None:
+    from rlprune import api
+
+    cfg = pipeline.RunConfig(model="digits_cnn", data="digits", budget=BUDGET,
+                             method="purl", dense_samples=17, reward_samples=40)
+    env = api.make_env(trained_digits_cnn, digits, BUDGET, method="purl",
+                       **pipeline._env_kwargs(cfg))
+    assert env.dense and len(env._dy) == 17 and len(env._ry) == 40

@@ -53,6 +53,7 @@ class RunConfig:
     search_finetune_steps: int = 0
     reward: str | None = None
     reward_samples: int | None = None
+    dense_samples: int | None = None
     reward_fraction: float = 0.1
     pretrain_epochs: int = 10
     seed: int = 0
@@ -76,6 +77,10 @@ class RunConfig:
         for name in ("episodes", "finetune_epochs", "pretrain_epochs", "search_finetune_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("reward_samples", "dense_samples"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -257,10 +262,7 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
     log_path = None if run_dir is None else run_dir / "log.jsonl"
     replay: list[Any] = _read_log(log_path) if (resume and log_path is not None) else []
 
-    env_kwargs: dict[str, Any] = {"finetune_steps": cfg.search_finetune_steps,
-                                  "reward_samples": cfg.reward_samples}
-    if cfg.reward:
-        env_kwargs["reward"] = cfg.reward
+    env_kwargs = _env_kwargs(cfg)
     history = History(replay)
     env_kwargs["history"] = history
     holder: dict[str, Any] = {}
@@ -320,10 +322,7 @@ def run_compare(cfg: RunConfig, command: str = "") -> list[Any]:
     _check_names(cfg, list(cfg.methods))
     model, splits, _ = _load_inputs(cfg)
     ex = splits.example_input(1)
-    env_kwargs: dict[str, Any] = {"finetune_steps": cfg.search_finetune_steps,
-                                  "reward_samples": cfg.reward_samples}
-    if cfg.reward:
-        env_kwargs["reward"] = cfg.reward
+    env_kwargs = _env_kwargs(cfg)
 
     def done(res: Any) -> None:
         if not cfg.quiet:
@@ -386,6 +385,8 @@ _FLAG_HELP = {
     "search_finetune_steps": "SGD steps of fine-tuning of each candidate during the search",
     "reward": "reward scheme: terminal_accuracy, neg_error_log_flops, dense",
     "reward_samples": "score candidates on the first N reward-split samples only",
+    "dense_samples": "samples scoring the per-layer rewards of dense schemes (purl; "
+                     "default 1000)",
     "reward_fraction": "fraction of the training set held out as the reward split",
     "pretrain_epochs": "epochs when pretraining a registry --model",
     "seed": "random seed (the run is reproducible from it)",
@@ -395,6 +396,17 @@ _FLAG_HELP = {
     "plots": "write the PNG plots",
     "tensorboard": "log TensorBoard scalars (needs the tensorboard extra)",
 }
+
+
+def _env_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """The environment options a run config sets (the rest keep the env's defaults)."""
+    kw: dict[str, Any] = {"finetune_steps": cfg.search_finetune_steps,
+                          "reward_samples": cfg.reward_samples}
+    if cfg.dense_samples is not None:
+        kw["dense_samples"] = cfg.dense_samples
+    if cfg.reward:
+        kw["reward"] = cfg.reward
+    return kw
 
 
 def _add_config_flags(p: argparse.ArgumentParser, compare: bool) -> None:
