@@ -357,3 +357,38 @@ def test_keyboard_interrupt_keeps_what_was_evaluated():
     assert np.all(env.cost_ratios(result.policy) <= 1.0)
     # nothing was updated mid-rollout: the checkpoint is the start of the run
     assert agent.state_dict()["episode"] == 0
+
+
+def test_init_action_starts_the_policy_mean_there():
+    for target in (0.2, 0.75):
+        env = half_budget_env()
+        agent = CPL(episodes=1, seed=0, progress=False, init_action=target)
+        agent._setup(env)
+        obs = torch.as_tensor(np.stack([env.reset(seed=0)[0], np.ones(3, dtype=np.float32)]))
+        with torch.no_grad():
+            mean = agent.policy(obs).mean.numpy()
+        low, high = env.action_space.low[0], env.action_space.high[0]
+        squashed = low + (np.tanh(mean) + 1.0) * 0.5 * (high - low)
+        assert np.allclose(squashed, target, atol=0.02)
+
+
+def test_prune_starts_cpl_at_the_uniform_feasible_ratio(monkeypatch):
+    import rlprune.agents.cpl as cpl_mod
+    from rlprune import api, models
+
+    seen = {}
+    real = cpl_mod.CPL._start_mean_at
+
+    def spy(self, action):
+        seen["action"] = action
+        return real(self, action)
+
+    monkeypatch.setattr(cpl_mod.CPL, "_start_mean_at", spy)
+    torch.manual_seed(0)
+    model = models.create("lenet300", num_classes=10, in_channels=1, input_size=8)
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    res = api.prune(model, (x, y, x, y), "params<=0.2", method="cpl", granularity="weight",
+                    search_episodes=2, progress=False)
+    assert res.feasible
+    # about 80% of every layer's weights must go to keep 20% of the whole model
+    assert 0.7 < seen["action"] < 0.9

@@ -24,7 +24,7 @@ from rlprune.costs import Budget
 from rlprune.data import Splits, as_splits
 from rlprune.env import PruningEnv
 from rlprune.history import History
-from rlprune.space import PruningSpace, bisect_boundary
+from rlprune.space import PruningSpace, bisect_boundary, uniform_policy
 
 __all__ = ["PruneResult", "prune", "compare", "load", "make_env", "budget_for",
            "METHOD_ENV_DEFAULTS", "SEARCHING_METHODS"]
@@ -217,6 +217,10 @@ def prune(
     # An unreachable budget is a clear error before any search time is spent.
     env.project(env.max_ratios)
     mkw = {**METHOD_AGENT_DEFAULTS.get(method, {}), **(method_kwargs or {})}
+    if method == "cpl" and "init_action" not in mkw and "config" not in mkw:
+        # start the policy around the uniform ratio that just meets the budget
+        mkw["init_action"] = float(np.max(uniform_policy(env.space, env.model, env.bound,
+                                                         env.example_input), initial=0.0))
     if search_episodes is not None:
         mkw["episodes"] = search_episodes
     searcher = get_method(method, seed=seed, progress=progress, **mkw)

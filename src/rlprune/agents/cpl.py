@@ -95,6 +95,11 @@ class CPLConfig:
     """Hidden layers of the policy and of every critic (tanh activations)."""
     log_std_init: float = -0.5
     """Initial state-independent log std of the Gaussian policy (before the tanh squash)."""
+    init_action: float | None = None
+    """Action (in the env's units, e.g. a prune ratio) the policy's mean starts at;
+    ``None`` starts mid-range. ``rlprune.prune`` sets the one ratio for every layer
+    that just meets the budget, so that the first episodes explore around a feasible
+    policy instead of spending the search's evaluations far outside the budget."""
     # optimisation
     learning_rate: float = 3e-4
     """Adam step size of the policy and of the critics (two separate optimisers)."""
@@ -725,6 +730,8 @@ class CPL:
                 self.torch_gen,
             )
             self.critics = Critics(dims["obs_dim"], m, cfg.hidden_sizes, self.torch_gen)
+        if cfg.init_action is not None:
+            self._start_mean_at(cfg.init_action)
         self.pi_opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.vf_opt = torch.optim.Adam(self.critics.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.nu = np.full(m, cfg.nu_init, dtype=np.float64)
@@ -737,6 +744,19 @@ class CPL:
         for name in dims["constraint_names"]:
             self.curves[f"cost/{name}"] = []
             self.curves[f"multiplier/{name}"] = []
+
+    def _start_mean_at(self, action: float) -> None:
+        """Set the mean head's bias so the squashed initial mean is ``action``."""
+        assert self.policy is not None
+        low = np.asarray(self.dims["action_low"], dtype=np.float64)
+        high = np.asarray(self.dims["action_high"], dtype=np.float64)
+        # keep the tanh out of saturation so the policy can still move either way
+        z = np.clip(2.0 * (float(action) - low) / np.maximum(high - low, 1e-12) - 1.0,
+                    -0.95, 0.95)
+        head = self.policy.mean[-1]
+        assert isinstance(head, nn.Linear)
+        with torch.no_grad():
+            head.bias.copy_(torch.as_tensor(np.arctanh(z), dtype=head.bias.dtype))
 
     # ---------------------------------------------------------------- checkpoints
 
