@@ -247,3 +247,24 @@ def test_options_and_registry(setup):
     assert model.gamma == 1.0 and model.tau == 0.01 and model.batch_size == 64
     assert model.actor.optimizer.param_groups[0]["lr"] == 1e-4
     assert model.critic.optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_prune_lowers_the_preserve_floor_for_budgets_it_cannot_reach():
+    """At 10% of the weights the published floor (keep >= 20% of every layer) leaves
+    AMC one walled policy; rlprune.prune lowers it so the search has room."""
+    from rlprune import api, models
+
+    torch.manual_seed(0)
+    model = models.create("lenet300", num_classes=10, in_channels=1, input_size=8)
+    x, y = torch.randn(96, 1, 8, 8), torch.randint(0, 10, (96,))
+    seen = []
+    res = api.prune(model, (x, y, x, y), "params<=0.1", method="amc", granularity="weight",
+                    search_episodes=12, progress=False, refine_policy=False,
+                    callback=lambda agent, info: seen.append(agent.config.min_preserve))
+    assert res.feasible
+    assert seen and 0.03 < seen[0] < 0.06  # half of the ~10% uniform keep ratio
+    assert res.search.evaluations > 1  # distinct policies, not one walled policy
+    wide = api.prune(model, (x, y, x, y), "params<=0.6", method="amc", granularity="weight",
+                     search_episodes=2, progress=False,
+                     callback=lambda agent, info: seen.append(agent.config.min_preserve))
+    assert wide.feasible and seen[-1] == 0.2  # the published floor where it suffices

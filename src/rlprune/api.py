@@ -137,6 +137,28 @@ def make_env(
                       importance=importance, example_input=example_input, seed=seed, **kw)
 
 
+def _budget_aware_defaults(method: str, env: PruningEnv,
+                           given: dict[str, Any]) -> dict[str, Any]:
+    """Agent options that depend on how tight the budget is (unless the caller set them).
+
+    Both start from the one prune ratio ``r`` for every layer that just meets the
+    budget. ``cpl`` starts its policy's mean at ``r``, so that a short search explores
+    around a feasible policy. ``amc``'s published lowest preserve ratio of 0.2 cannot
+    reach a budget tighter than keeping 20% of every layer (every episode would hit
+    the same walled policy). So it is lowered to ``min(0.2, (1 - r) / 2)``: every layer
+    may go to half the uniform keep ratio.
+    """
+    if method not in ("cpl", "amc") or "config" in given:
+        return {}
+    r = float(np.max(uniform_policy(env.space, env.model, env.bound, env.example_input),
+                     initial=0.0))
+    if method == "cpl" and "init_action" not in given:
+        return {"init_action": r}
+    if method == "amc" and "min_preserve" not in given:
+        return {"min_preserve": min(0.2, (1.0 - r) / 2.0)}
+    return {}
+
+
 def refine(env: PruningEnv, policy: np.ndarray, iterations: int = 12) -> np.ndarray:
     """Spend budget the chosen policy left unused, if that scores better.
 
@@ -217,10 +239,7 @@ def prune(
     # An unreachable budget is a clear error before any search time is spent.
     env.project(env.max_ratios)
     mkw = {**METHOD_AGENT_DEFAULTS.get(method, {}), **(method_kwargs or {})}
-    if method == "cpl" and "init_action" not in mkw and "config" not in mkw:
-        # start the policy around the uniform ratio that just meets the budget
-        mkw["init_action"] = float(np.max(uniform_policy(env.space, env.model, env.bound,
-                                                         env.example_input), initial=0.0))
+    mkw.update(_budget_aware_defaults(method, env, mkw))
     if search_episodes is not None:
         mkw["episodes"] = search_episodes
     searcher = get_method(method, seed=seed, progress=progress, **mkw)
