@@ -169,3 +169,30 @@ def test_options_and_registry():
         PuRL(episodes=0)
     with pytest.raises(ValueError, match="exploration"):
         PuRLConfig(exploration_final_eps=0.5, exploration_initial_eps=0.1)
+
+
+def test_tight_budgets_get_levels_around_the_uniform_policy(setup):
+    from rlprune import api
+    from rlprune.space import uniform_policy
+
+    model, splits = setup
+    loose = api.make_env(model, splits, Budget.parse("params<=0.5"), "purl",
+                         granularity="weight", dense_samples=DENSE_SAMPLES)
+    assert np.allclose(loose.levels, np.linspace(0.0, loose.a_max, 10))  # default grid
+    tight = api.make_env(model, splits, Budget.parse("nonzero_params<=0.08"), "purl",
+                         granularity="weight", dense_samples=DENSE_SAMPLES)
+    r = float(np.max(uniform_policy(tight.space, tight.model, tight.bound,
+                                    tight.example_input)))
+    lv = tight.levels
+    assert tight.action_space.n == len(lv) == 10
+    assert lv[0] == 0.0 and np.all(np.diff(lv) > 0) and lv[-1] <= tight.a_max
+    # four finer and four coarser levels around the uniform ratio, which is one of them
+    assert np.min(np.abs(lv - r)) < 1e-5
+    assert (lv > r + 1e-5).sum() == 4 and (lv < r - 1e-5).sum() == 5
+    # the default grid has at most two levels at or beyond r; this one has five
+    assert (np.linspace(0.0, tight.a_max, 10) >= r - 1e-5).sum() <= 2
+    given = api.make_env(model, splits, Budget.parse("nonzero_params<=0.08"), "purl",
+                         granularity="weight", dense_samples=DENSE_SAMPLES, levels=[0.0, 0.5])
+    assert given.levels.tolist() == [0.0, 0.5]
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        tight.set_levels([0.2, 1.0])

@@ -26,7 +26,7 @@ from rlprune.env import PruningEnv
 from rlprune.history import History
 from rlprune.space import PruningSpace, bisect_boundary, uniform_policy
 
-__all__ = ["PruneResult", "prune", "compare", "load", "make_env", "budget_for",
+__all__ = ["PruneResult", "prune", "compare", "load", "make_env", "budget_levels", "budget_for",
            "METHOD_ENV_DEFAULTS", "SEARCHING_METHODS"]
 
 #: How each method wants the shared environment configured (PuRL: discrete levels and
@@ -130,11 +130,39 @@ def make_env(
     seed: int = 0,
     **env_kwargs: Any,
 ) -> PruningEnv:
-    """The environment configured as ``method`` expects (see ``METHOD_ENV_DEFAULTS``)."""
+    """The environment configured as ``method`` expects (see ``METHOD_ENV_DEFAULTS``).
+
+    Discrete actions without given ``levels`` get :func:`budget_levels` when the
+    budget is tight (the evenly spaced default grid has no level near it).
+    """
     kw = {**METHOD_ENV_DEFAULTS.get(method, {}), **env_kwargs}
-    return PruningEnv(model, splits, budget_for(budget, granularity), space=space,
-                      granularity=granularity,
-                      importance=importance, example_input=example_input, seed=seed, **kw)
+    env = PruningEnv(model, splits, budget_for(budget, granularity), space=space,
+                     granularity=granularity,
+                     importance=importance, example_input=example_input, seed=seed, **kw)
+    if env.levels is not None and "levels" not in kw:
+        levels = budget_levels(env)
+        if levels is not None:
+            env.set_levels(levels)
+    return env
+
+
+def budget_levels(env: PruningEnv, n: int = 10, tight: float = 0.25) -> np.ndarray | None:
+    """Discrete prune ratios for a tight budget, or ``None`` when the default grid fits.
+
+    With ``k`` the keep ratio of the one-ratio-for-all policy that just meets the
+    budget, a budget is tight when ``k < tight``: the default grid, evenly spaced prune
+    ratios ``0, a_max/9, ..., a_max``, then has at most two levels at or beyond the
+    uniform policy (for 8% of the weights, keep 12% or 1%), so per-layer choices are
+    all-or-nothing. Here the levels are no pruning plus ``n - 1`` keep ratios spaced
+    geometrically from ``k / 4`` to ``4 k`` (each clipped to what the layers allow).
+    """
+    r = float(np.max(uniform_policy(env.space, env.model, env.bound, env.example_input),
+                     initial=0.0))
+    k = 1.0 - r
+    if k >= tight:
+        return None
+    keeps = np.clip(k * 2.0 ** np.linspace(-2.0, 2.0, n - 1), 1.0 - env.a_max, 1.0)
+    return np.unique(np.round(np.concatenate([[0.0], 1.0 - keeps]), 6))
 
 
 def _budget_aware_defaults(method: str, env: PruningEnv,

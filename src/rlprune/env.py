@@ -183,11 +183,7 @@ class PruningEnv(gym.Env):
             self.levels = None
             self.action_space: spaces.Space = spaces.Box(0.0, self.a_max, (1,), np.float32)
         elif action == "discrete":
-            lv = list(levels) if levels is not None else list(np.linspace(0.0, self.a_max, 10))
-            if not lv or min(lv) < 0 or max(lv) >= 1:
-                raise ValueError(f"discrete levels must lie in [0, 1), got {lv}")
-            self.levels = np.asarray(lv, dtype=np.float64)
-            self.action_space = spaces.Discrete(len(lv))
+            self.set_levels(levels if levels is not None else np.linspace(0.0, self.a_max, 10))
         else:
             raise ValueError(f"action must be 'continuous' or 'discrete', got {action!r}")
 
@@ -279,6 +275,14 @@ class PruningEnv(gym.Env):
         self._t = 0
         self._policy = np.zeros(self.T, dtype=np.float64)
         return self._obs(), {}
+
+    def set_levels(self, levels: Sequence[float] | np.ndarray) -> None:
+        """Replace the prune ratios of a discrete action space (before an agent is built)."""
+        lv = [float(v) for v in levels]
+        if not lv or min(lv) < 0 or max(lv) >= 1:
+            raise ValueError(f"discrete levels must lie in [0, 1), got {lv}")
+        self.levels = np.asarray(lv, dtype=np.float64)
+        self.action_space = spaces.Discrete(len(lv))
 
     def action_to_ratio(self, action: Any) -> float:
         """Map an agent's action to a prune ratio for the current layer (clipped)."""
