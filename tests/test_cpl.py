@@ -372,23 +372,24 @@ def test_init_action_starts_the_policy_mean_there():
         assert np.allclose(squashed, target, atol=0.02)
 
 
-def test_prune_starts_cpl_at_the_uniform_feasible_ratio(monkeypatch):
+def test_prune_starts_mid_range_unless_init_action_is_given(monkeypatch):
     import rlprune.agents.cpl as cpl_mod
     from rlprune import api, models
 
-    seen = {}
+    seen = []
     real = cpl_mod.CPL._start_mean_at
 
     def spy(self, action):
-        seen["action"] = action
+        seen.append(action)
         return real(self, action)
 
     monkeypatch.setattr(cpl_mod.CPL, "_start_mean_at", spy)
     torch.manual_seed(0)
     model = models.create("lenet300", num_classes=10, in_channels=1, input_size=8)
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
-    res = api.prune(model, (x, y, x, y), "params<=0.2", method="cpl", granularity="weight",
-                    search_episodes=2, progress=False)
-    assert res.feasible
-    # about 80% of every layer's weights must go to keep 20% of the whole model
-    assert 0.7 < seen["action"] < 0.9
+    for kwargs in ({}, {"init_action": 0.8}):
+        res = api.prune(model, (x, y, x, y), "params<=0.2", method="cpl",
+                        granularity="weight", search_episodes=2, progress=False,
+                        method_kwargs=kwargs)
+        assert res.feasible
+    assert seen == [0.8]

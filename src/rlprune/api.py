@@ -169,22 +169,17 @@ def _budget_aware_defaults(method: str, env: PruningEnv,
                            given: dict[str, Any]) -> dict[str, Any]:
     """Agent options that depend on how tight the budget is (unless the caller set them).
 
-    Both start from the one prune ratio ``r`` for every layer that just meets the
-    budget. ``cpl`` starts its policy's mean at ``r``, so that a short search explores
-    around a feasible policy. ``amc``'s published lowest preserve ratio of 0.2 cannot
-    reach a budget tighter than keeping 20% of every layer (every episode would hit
-    the same walled policy). So it is lowered to ``min(0.2, (1 - r) / 2)``: every layer
-    may go to half the uniform keep ratio.
+    ``amc``'s published lowest preserve ratio of 0.2 cannot reach a budget tighter
+    than keeping 20% of every layer (every episode would hit the same walled policy).
+    With ``r`` the one prune ratio for every layer that just meets the budget, it is
+    lowered to ``min(0.2, (1 - r) / 2)``: every layer may go to half the uniform keep
+    ratio.
     """
-    if method not in ("cpl", "amc") or "config" in given:
+    if method != "amc" or "config" in given or "min_preserve" in given:
         return {}
     r = float(np.max(uniform_policy(env.space, env.model, env.bound, env.example_input),
                      initial=0.0))
-    if method == "cpl" and "init_action" not in given:
-        return {"init_action": r}
-    if method == "amc" and "min_preserve" not in given:
-        return {"min_preserve": min(0.2, (1.0 - r) / 2.0)}
-    return {}
+    return {"min_preserve": min(0.2, (1.0 - r) / 2.0)}
 
 
 def refine(env: PruningEnv, policy: np.ndarray, iterations: int = 12) -> np.ndarray:

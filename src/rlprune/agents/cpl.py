@@ -97,9 +97,9 @@ class CPLConfig:
     """Initial state-independent log std of the Gaussian policy (before the tanh squash)."""
     init_action: float | None = None
     """Action (in the env's units, e.g. a prune ratio) the policy's mean starts at;
-    ``None`` starts mid-range. ``rlprune.prune`` sets the one ratio for every layer
-    that just meets the budget, so that the first episodes explore around a feasible
-    policy instead of spending the search's evaluations far outside the budget."""
+    ``None`` (default) starts mid-range. Starting at the uniform ratio that just meets
+    the budget helped LeNet-300 in short searches but hurt LeNet-5 (see
+    docs/METHODS.md), so it is an option, not the default."""
     # optimisation
     learning_rate: float = 3e-4
     """Adam step size of the policy and of the critics (two separate optimisers)."""
