@@ -156,9 +156,7 @@ def budget_levels(env: PruningEnv, n: int = 10, tight: float = 0.25) -> np.ndarr
     all-or-nothing. Here the levels are no pruning plus ``n - 1`` keep ratios spaced
     geometrically from ``k / 4`` to ``4 k`` (each clipped to what the layers allow).
     """
-    r = float(np.max(uniform_policy(env.space, env.model, env.bound, env.example_input),
-                     initial=0.0))
-    k = 1.0 - r
+    k = 1.0 - _uniform_ratio(env)
     if k >= tight:
         return None
     keeps = np.clip(k * 2.0 ** np.linspace(-2.0, 2.0, n - 1), 1.0 - env.a_max, 1.0)
@@ -177,9 +175,13 @@ def _budget_aware_defaults(method: str, env: PruningEnv,
     """
     if method != "amc" or "config" in given or "min_preserve" in given:
         return {}
-    r = float(np.max(uniform_policy(env.space, env.model, env.bound, env.example_input),
-                     initial=0.0))
-    return {"min_preserve": min(0.2, (1.0 - r) / 2.0)}
+    return {"min_preserve": min(0.2, (1.0 - _uniform_ratio(env)) / 2.0)}
+
+
+def _uniform_ratio(env: PruningEnv) -> float:
+    """The one prune ratio for every layer that just meets ``env``'s budget."""
+    return float(np.max(uniform_policy(env.space, env.model, env.bound, env.example_input),
+                        initial=0.0))
 
 
 def refine(env: PruningEnv, policy: np.ndarray, iterations: int = 12) -> np.ndarray:
