@@ -441,13 +441,7 @@ class AMC:
         rec = _AMCRecorder(self, env, self.episodes, start_time, self.noise,
                            self.config.baseline_alpha)
         self.recorder = rec
-        interrupted = False
-        try:
-            self.model.learn(total_timesteps=self.episodes * int(env.T), callback=rec)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            rec.bar.close()
+        interrupted = rec.learn(self.model, self.episodes * int(env.T))
         return finish(
             self.name, env, start_time,
             **rec.result_extra(),

@@ -173,6 +173,17 @@ class EpisodeRecorder(BaseCallback):
         if cb is not None:
             cb(self.agent, record)
 
+    def learn(self, model: Any, total_timesteps: int) -> bool:
+        """Run ``model.learn`` with this recorder; ``True`` if Ctrl-C ended it early
+        (what was evaluated so far is kept)."""
+        try:
+            model.learn(total_timesteps=total_timesteps, callback=self)
+        except KeyboardInterrupt:
+            return True
+        finally:
+            self.bar.close()
+        return False
+
     def result_extra(self) -> dict[str, Any]:
         """The entries every SB3 method puts in ``SearchResult.extra``."""
         best = self.penv.history.best
@@ -257,13 +268,7 @@ class PuRL:
         start_time = time.perf_counter()
         self.model = self.build(env)
         recorder = EpisodeRecorder(self, env, self.episodes, start_time, desc=self.name)
-        interrupted = False
-        try:
-            self.model.learn(total_timesteps=self.episodes * int(env.T), callback=recorder)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            recorder.bar.close()
+        interrupted = recorder.learn(self.model, self.episodes * int(env.T))
         return finish(
             self.name, env, start_time,
             **recorder.result_extra(),
