@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -132,32 +132,30 @@ def real_data_root() -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def mnist_root() -> Path:
-    """A data root holding ``mnist/`` with the four idx files, or skip."""
+def _data_root(present: Callable[[Path], bool], prepare: Callable[[], Path | None],
+               missing: str) -> Path:
+    """``$RLPRUNE_DATA`` if ``present(root)``, else the ``prepare()``d cache, else skip."""
     env = _env_root()
     if env is not None:
-        if has_mnist(env):
+        if present(env):
             return env
-        pytest.skip(f"{SKIP_REASON} (no mnist/ idx files in RLPRUNE_DATA={env})")
-    root = _prepare_mnist_cache()
+        pytest.skip(f"{SKIP_REASON} (no {missing} in RLPRUNE_DATA={env})")
+    root = prepare()
     if root is None:
         pytest.skip(SKIP_REASON)
     return root
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """A data root holding ``mnist/`` with the four idx files, or skip."""
+    return _data_root(has_mnist, _prepare_mnist_cache, "mnist/ idx files")
 
 
 @pytest.fixture(scope="session")
 def cifar_root() -> Path:
     """A data root holding ``cifar-10-batches-py/``, or skip (prepared lazily, slow once)."""
-    env = _env_root()
-    if env is not None:
-        if has_cifar(env):
-            return env
-        pytest.skip(f"{SKIP_REASON} (no cifar-10-batches-py/ in RLPRUNE_DATA={env})")
-    root = _prepare_cifar_cache()
-    if root is None:
-        pytest.skip(SKIP_REASON)
-    return root
+    return _data_root(has_cifar, _prepare_cifar_cache, "cifar-10-batches-py/")
 
 
 @pytest.fixture(scope="session")
