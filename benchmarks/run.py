@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from rlprune import api, costs, pipeline, report, train
+from rlprune import api, costs, display, fileio, pipeline, report, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.granularity == "channel":
             r["latency_ms"] = costs.measure_latency_ms(res.model, ex)
     # the budget's constraints only; costs reported alongside have no limit to meet
-    names = [n for n, c in rows[0]["costs"].items() if not c.get("reported_only")]
+    names = display.constraint_names(rows[0]["costs"])
     head = (["method"] + [f"{n}: value / limit (ratio)" for n in names]
             + ["re-measured ok", "reward acc before FT", "test acc before FT",
                "test acc after FT", "evaluations", "best found at", "search s"])
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         res_path = ROOT / "docs" / "RESULTS.md"
         res_path.parent.mkdir(parents=True, exist_ok=True)
         prev = res_path.read_text() if res_path.is_file() else _RESULTS_HEADER
-        train.atomic_write_bytes(res_path, (prev.rstrip("\n") + "\n" + text).encode())
+        fileio.atomic_write_bytes(res_path, (prev.rstrip("\n") + "\n" + text).encode())
         print(f"appended to {res_path}", file=sys.stderr)
     bad = [r["method"] for r in rows if not all(ok for _, _, ok in r["remeasured"].values())]
     if bad:

@@ -1,4 +1,6 @@
-"""Tests of ``rlprune.report``: the run folder, the exports and the comparison tables.
+"""Tests of ``rlprune.report``: the run folder (with its exports and plots) and the
+comparison tables. The parts have their own files: ``test_fileio.py``,
+``test_runlog.py`` and ``test_export.py``.
 
 Two real runs (digits CNN, ``uniform`` at ``params<=0.5``, channel and weight
 granularity) are written once per module; a synthetic duck-typed result covers what a
@@ -208,47 +210,6 @@ def test_pruned_pt_loads_in_fresh_process(run: SimpleNamespace, tmp_path: Path) 
     assert got[size] <= 0.5 * run.result.costs[key]["original"]
 
 
-def test_onnx_failure_is_recorded_not_raised(tmp_path: Path) -> None:
-    class ToFloat(nn.Module):
-        """Returns a Python number: no exporter can turn that into an ONNX output."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x: torch.Tensor) -> float:
-            return self.fc(x).sum().item()
-
-    with pytest.warns(RuntimeWarning, match="ONNX export failed"):
-        info = report.export_onnx(ToFloat(), torch.randn(2, 4), tmp_path / "m.onnx",
-                                  exporter="torchscript")
-    assert info["ok"] is False and "torchscript" in info["error"]
-    assert not (tmp_path / "m.onnx").exists()
-    assert list(tmp_path.iterdir()) == []  # no temp file left behind
-    with pytest.raises(RuntimeError, match="ONNX export"):
-        report.export_onnx(ToFloat(), torch.randn(2, 4), tmp_path / "m.onnx",
-                           exporter="torchscript", strict=True)
-
-
-def test_onnx_mismatch_is_flagged(tmp_path: Path) -> None:
-    """A model that changes its output after export fails the onnxruntime check."""
-
-    class Drifting(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(4, 3)
-            self.calls = 0
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            self.calls += 1
-            return self.fc(x) + (0.0 if torch.jit.is_tracing() else 1.0)
-
-    with pytest.warns(RuntimeWarning, match="differs from PyTorch"):
-        info = report.export_onnx(Drifting(), torch.randn(2, 4), tmp_path / "d.onnx",
-                                  exporter="torchscript")
-    assert info["ok"] is False and info["max_abs_diff"] == pytest.approx(1.0, abs=1e-5)
-
-
 # ----------------------------------------------------------------- a synthetic result
 def _fake_result(tmp_model: nn.Module) -> SimpleNamespace:
     """Two constraints, multipliers, infeasible candidates, no test split (NaN accuracy)."""
@@ -326,38 +287,6 @@ def test_missing_example_input_skips_onnx(tmp_path: Path) -> None:
     assert not (tmp_path / "plots").exists()
     rep = _strict_json(paths["report_json"].read_text())
     assert rep["onnx"]["ok"] is False and "example input" in rep["onnx"]["error"]
-
-
-# --------------------------------------------------------------------------- live log
-def test_append_log_and_read_back(tmp_path: Path) -> None:
-    log = tmp_path / "sub" / "log.jsonl"
-    a = Candidate(index=0, episode=0, policy=[0.1, np.float64(0.2)], reward=0.5,
-                  accuracy=0.5, costs={"params": 10.0}, cost_ratios=[0.9], feasible=True)
-    b = Candidate(index=1, episode=1, policy=[0.3, 0.4], reward=math.nan, accuracy=math.nan,
-                  costs={"params": math.inf}, cost_ratios=[math.inf], feasible=False,
-                  extra={"multipliers": [np.float32(1.5)]})
-    report.append_log(log, a)
-    report.append_log(log, b.to_dict())
-    lines = log.read_text().splitlines()
-    assert len(lines) == 2
-    first, second = (_strict_json(line) for line in lines)
-    assert first["policy"] == [0.1, 0.2] and second["reward"] is None
-    assert second["extra"]["multipliers"] == [1.5]
-    with open(log, "a") as f:  # a crash in the middle of the next append
-        f.write('{"index": 2, "epis')
-    hist = report.read_log(log)
-    assert len(hist) == 2 and hist.best is not None and hist.best.index == 0
-    assert math.isnan(hist.candidates[1].reward) and math.isnan(hist.candidates[1].costs["params"])
-
-
-def test_to_jsonable_converts_everything() -> None:
-    obj = {"a": np.float32(0.5), "b": np.int64(3), "c": np.array([1.0, np.nan]),
-           "d": torch.tensor([2.0, float("inf")]), "e": Path("x/y"), "f": (np.bool_(True),),
-           1: float("-inf")}
-    out = report.to_jsonable(obj)
-    assert out == {"a": 0.5, "b": 3, "c": [1.0, None], "d": [2.0, None], "e": "x/y",
-                   "f": [True], "1": None}
-    _strict_json(json.dumps(out))
 
 
 # ------------------------------------------------------------------------------ compare
@@ -442,30 +371,3 @@ def test_write_compare_files(tmp_path: Path) -> None:
     assert mpimg.imread(png).shape[1] > 600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compare.json", "compare.md",
                                                           "compare.png"]
-
-
-# ------------------------------------------------------------- every registry model
-def _registry_input(name: str) -> torch.Tensor:
-    if name == "digits_cnn":
-        return torch.randn(2, 1, 8, 8)
-    if name in ("lenet5", "lenet300"):
-        return torch.randn(2, 1, 28, 28)
-    return torch.randn(2, 3, 32, 32)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", models.list_models())
-@pytest.mark.parametrize("granularity", ["channel", "weight"])
-def test_every_registry_model_exports_to_onnx(name: str, granularity: str,
-                                              tmp_path: Path) -> None:
-    """Channel- or weight-pruned registry models export and agree with PyTorch."""
-    from rlprune.space import PruningSpace
-
-    x = _registry_input(name)
-    model = models.create(name, 10, x.shape[1]).eval()
-    space = PruningSpace.from_model(model, x, granularity)
-    pruned = space.apply(model, 0.5 * space.max_policy()).eval()
-    info = report.export_onnx(pruned, x, tmp_path / "m.onnx", strict=True)
-    # untrained deep nets have logits ~1e3: float32 rounding is relative to the output
-    assert info["ok"] and info["max_abs_diff"] <= 1e-4 * max(1.0, info["output_scale"])
-    assert info["dynamic_batch"] is True
