@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import rlprune
-from rlprune import cli, data, models, train
+from rlprune import cli, data, models, pipeline, train
 
 
 def conv_linear_macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -168,3 +168,57 @@ def test_version_subprocess() -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"rlprune {rlprune.__version__}"
+
+
+@pytest.mark.parametrize("command", ["pretrain", "eval", "models", "demo", "prune", "compare"])
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: rlprune {command}")
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TypeError from rlprune's own code is a bug, not a user error: it is not hidden."""
+
+    def broken() -> list[str]:
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(models, "list_models", broken)
+    monkeypatch.delenv("RLPRUNE_DEBUG", raising=False)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        cli.main(["models"])
+
+
+def test_pretrain_command_and_cached_pretrained_are_one_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rlprune pretrain` and pipeline.pretrained build and train the same model."""
+    monkeypatch.setenv("RLPRUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "lenet300.pt"
+    rc = cli.main(["pretrain", "--model", "lenet300", "--data", "digits", "--epochs", "1",
+                   "--seed", "2", "--out", str(out), "--quiet"])
+    assert rc == 0
+    a, meta_a = train.load_checkpoint(out)
+    b, meta_b = pipeline.pretrained("lenet300", data.load("digits", seed=2), 1, seed=2,
+                                    progress=False)
+    assert models.arch_spec(a) == models.arch_spec(b) == {
+        "name": "lenet300", "num_classes": 10, "in_channels": 1, "input_size": 8}
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    meta_a.pop("train_seconds")
+    meta_b.pop("train_seconds")
+    assert meta_a == meta_b
+
+
+def test_pretrain_leaves_the_global_rng_alone(digits: data.Splits) -> None:
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    model, meta = pipeline.pretrain("digits_cnn", digits, 0, seed=7, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    # the initial weights are those of the seed, as with torch.manual_seed before create
+    torch.manual_seed(7)
+    ref = models.create("digits_cnn", num_classes=10, in_channels=1)
+    sa, sr = model.state_dict(), ref.state_dict()
+    assert all(torch.equal(sa[k], sr[k]) for k in sr)
+    assert meta["epochs"] == 0 and meta["seed"] == 7

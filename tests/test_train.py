@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,6 +184,69 @@ def test_finetune_steps_more_than_one_epoch(digits: data.Splits) -> None:
     assert calls[0] == 7
 
 
+class OddConvNet(nn.Module):
+    """Conv3d and ConvTranspose2d layers (weight pruning zeroes them like any conv)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv3d = nn.Conv3d(1, 4, (1, 3, 3), padding=(0, 1, 1))
+        self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)
+        self.conv1d = nn.Conv1d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv3d(x.unsqueeze(2))).squeeze(2)  # (N, 4, 8, 8)
+        x = torch.relu(self.up(x))  # (N, 4, 16, 16)
+        x = torch.relu(self.conv1d(x.flatten(2)))  # (N, 4, 256)
+        return self.head(x.mean(2))
+
+
+def test_keep_zeros_covers_every_conv_kind(digits: data.Splits) -> None:
+    torch.manual_seed(0)
+    model = OddConvNet()
+    layers = [model.conv3d, model.up, model.conv1d, model.head]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in layers:  # zero half of the weights at random, as weight pruning would
+            m.weight.mul_(torch.rand(m.weight.shape, generator=g) < 0.5)
+    zeros = [m.weight == 0 for m in layers]
+    before = copy.deepcopy(model)
+    train.fit(model, digits, epochs=1, max_steps=5, lr=0.05, progress=False, keep_zeros=True)
+    for m, z in zip(layers, zeros, strict=True):
+        assert bool((m.weight[z] == 0).all()), f"{type(m).__name__} regrew pruned weights"
+    assert not params_equal(model, before)  # it did train
+    assert {id(w) for w, _ in train.zero_masks(model)} == {id(m.weight) for m in layers}
+    train.finetune_steps(model, digits.train, steps=3, keep_zeros=True)
+    for m, z in zip(layers, zeros, strict=True):
+        assert bool((m.weight[z] == 0).all()), f"{type(m).__name__} regrew pruned weights"
+
+
+FIT_WITH_PROGRESS = """
+import sys, torch
+from rlprune import data, models, train
+torch.set_num_threads(1)
+torch.manual_seed(0)
+digits = data.load("digits")
+model = models.create("digits_cnn", num_classes=10, in_channels=1)
+train.fit(model, digits, epochs=2, batch_size=8, max_steps=int(sys.argv[1]), progress=True)
+"""
+
+
+def test_fit_progress_in_a_log_file_writes_few_lines(tmp_path: Path) -> None:
+    """A progress bar on stderr redirected to a file: not one line per step."""
+    log = tmp_path / "stderr.log"
+    steps = 300
+    with open(log, "w") as err:
+        proc = subprocess.run([sys.executable, "-c", FIT_WITH_PROGRESS, str(steps)],
+                              stdout=subprocess.DEVNULL, stderr=err, timeout=300, check=False,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    updates = text.count("\n") + text.count("\r")
+    assert 1 <= updates < 10, f"{updates} progress updates for {steps} steps:\n{text[:2000]}"
+    assert f"{steps}/{steps}" in text.splitlines()[-1]  # the final state is logged
+
+
 def test_distillation_lowers_kl_to_teacher(
     digits: data.Splits, trained_digits_cnn: nn.Module
 ) -> None:
@@ -293,14 +358,6 @@ def test_checkpoint_write_is_atomic(
     monkeypatch.undo()
     assert sorted(os.listdir(path.parent)) == ["ck.pt"]  # the temp file was removed
     assert train.load_checkpoint(path)[1] == {"v": 2}  # the old file is intact
-
-
-def test_atomic_write_bytes(tmp_path: Path) -> None:
-    target = tmp_path / "a.bin"
-    train.atomic_write_bytes(target, b"hello")
-    train.atomic_write_bytes(target, b"bye")
-    assert target.read_bytes() == b"bye"
-    assert os.listdir(tmp_path) == ["a.bin"]
 
 
 def test_missing_checkpoint_error(tmp_path: Path) -> None:

@@ -1,23 +1,40 @@
-"""The ``rlprune`` command: pretrain, eval, prune, compare, demo.
+"""The ``rlprune`` command: pretrain, eval, models, prune, compare, demo.
 
-Wrong arguments and bad input end with one clear line on stderr and exit code 2;
-tracebacks are kept for real bugs (set ``RLPRUNE_DEBUG=1`` to see them for
-user errors too).
+Everything about how a run is typed lives here: the sub-commands, their flags (one
+per :class:`rlprune.pipeline.RunConfig` key for ``prune`` and ``compare``), the
+merging of ``--config`` files with flags, and ``--resume``. What a run does is
+:mod:`rlprune.pipeline`'s; this module imports it, never the reverse.
+
+Wrong arguments and bad input (:class:`UserError`, ``ValueError`` and its
+subclasses such as ``CheckpointError``, ``FileNotFoundError``) end with one clear
+line on stderr and exit code 2; any other exception is a bug and keeps its
+traceback (set ``RLPRUNE_DEBUG=1`` to see tracebacks for user errors too).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shlex
 import sys
-import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["main", "build_parser"]
+from rlprune import pipeline
+from rlprune.pipeline import RunConfig
+
+__all__ = ["main", "build_parser", "UserError"]
 
 
 class UserError(Exception):
     """An error caused by the user's input: printed as one line, exit code 2."""
+
+
+#: Errors of the user's input: one line on stderr, exit code 2 (CheckpointError,
+#: DataError, BudgetInfeasibleError... subclass ValueError).
+_USER_ERRORS = (UserError, ValueError, FileNotFoundError)
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -44,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="registry model name (see `rlprune models`)")
     _add_data_args(p)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default per dataset)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"learning rate (default {pipeline.PRETRAIN_LR})")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -61,12 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="run directory to write")
     p.add_argument("--quiet", action="store_true")
 
-    try:
-        from rlprune import pipeline
-    except ImportError:  # pragma: no cover - pipeline not yet available
-        pipeline = None  # type: ignore[assignment]
-    if pipeline is not None:
-        pipeline.add_cli_commands(sub)
+    p = sub.add_parser("prune", help="prune a model to fit a budget and write a run directory")
+    _add_config_flags(p, compare=False)
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue an interrupted run from its directory, with its stored "
+                        "config.yaml (other flags must agree with it; --quiet may be added)")
+
+    p = sub.add_parser("compare", help="run several methods side by side on one budget")
+    _add_config_flags(p, compare=True)
     return parser
 
 
@@ -77,36 +97,18 @@ def _load_data(args: argparse.Namespace):
                      seed=getattr(args, "seed", 0))
 
 
-def _default_lr(dataset: str) -> float:
-    return 0.05 if dataset.lower() in ("digits", "synthetic") else 0.05
-
-
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    import torch
-
-    from rlprune import models, train
+    from rlprune import train
 
     splits = _load_data(args)
-    in_ch = splits.input_shape[0] if len(splits.input_shape) == 3 else 1
-    kwargs = {}
-    if args.model.lower() == "lenet300" and len(splits.input_shape) == 3:
-        kwargs["input_size"] = splits.input_shape[-1]
-    torch.manual_seed(args.seed)
-    model = models.create(args.model, num_classes=splits.num_classes, in_channels=in_ch, **kwargs)
-    t0 = time.perf_counter()
-    curves = train.fit(model, splits, epochs=args.epochs, lr=args.lr or _default_lr(args.data),
-                       batch_size=args.batch_size, weight_decay=args.weight_decay, seed=args.seed,
-                       progress=not args.quiet, desc=f"pretrain {args.model}")
-    wall = time.perf_counter() - t0
-    acc = train.evaluate(model, splits.test.x, splits.test.y)
-    meta = {"dataset": splits.name, "mean": list(splits.mean), "std": list(splits.std),
-            "input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
-            "test_accuracy": acc, "epochs": args.epochs, "seed": args.seed,
-            "train_seconds": round(wall, 1), "curves": curves}
+    model, meta = pipeline.pretrain(args.model, splits, args.epochs, lr=args.lr,
+                                    batch_size=args.batch_size,
+                                    weight_decay=args.weight_decay, seed=args.seed,
+                                    progress=not args.quiet)
     train.save_checkpoint(args.out, model, meta)
-    print(f"{args.model} on {splits.name}: test accuracy {acc:.4f}, "
+    print(f"{args.model} on {splits.name}: test accuracy {meta['test_accuracy']:.4f}, "
           f"params {sum(p.numel() for p in model.parameters()):,}, "
-          f"{args.epochs} epochs in {wall:.1f} s -> {args.out}")
+          f"{args.epochs} epochs in {meta['train_seconds']:.1f} s -> {args.out}")
     return 0
 
 
@@ -135,9 +137,155 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rlprune import pipeline
-
     return pipeline.demo(out=args.out, quiet=args.quiet)
+
+
+# ----------------------------------------------------------------- prune and compare
+_FLAG_HELP = {
+    "model": "registry model to pretrain (cached) when no --checkpoint is given",
+    "checkpoint": "checkpoint to prune (written by `rlprune pretrain` or save_checkpoint)",
+    "data": "dataset: digits, mnist, cifar10, cifar100",
+    "data_dir": "folder with the dataset files (default: $RLPRUNE_DATA)",
+    "budget": 'constraints, e.g. "params<=0.1" or "flops<=50%%,latency_ms<=2"',  # %% for argparse
+    "method": "search method: cpl, purl, amc, uniform, random, global",
+    "methods": "comma-separated methods to compare",
+    "granularity": "channel (physically smaller) or weight (unstructured zeros)",
+    "importance": "channel/weight importance: l1, l2, random, taylor, bn_scale",
+    "episodes": "candidate evaluations per searching method",
+    "finetune_epochs": "epochs of fine-tuning after pruning",
+    "finetune_lr": "learning rate of the fine-tune",
+    "distill": "distil from the unpruned model while fine-tuning",
+    "search_finetune_steps": "SGD steps of fine-tuning of each candidate during the search",
+    "reward": "reward scheme: terminal_accuracy, neg_error_log_flops, dense",
+    "reward_samples": "score candidates on the first N reward-split samples only",
+    "dense_samples": "samples scoring the per-layer rewards of dense schemes (purl; "
+                     "default 1000)",
+    "reward_fraction": "fraction of the training set held out as the reward split",
+    "pretrain_epochs": "epochs when pretraining a registry --model",
+    "seed": "random seed (the run is reproducible from it)",
+    "out": "run directory to write",
+    "quiet": "no progress bars",
+    "onnx": "export pruned.onnx (checked with onnxruntime)",
+    "plots": "write the PNG plots",
+    "tensorboard": "log TensorBoard scalars (needs the tensorboard extra)",
+}
+
+#: RunConfig's fields by name (their types are strings: annotations are postponed).
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _add_config_flags(p: argparse.ArgumentParser, compare: bool) -> None:
+    """``--config`` and one flag per RunConfig key (``--method`` or ``--methods``)."""
+    p.add_argument("--config", help="YAML file with any of the settings below")
+    for name, f in _FIELDS.items():
+        if name == ("method" if compare else "methods"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        helptext = _FLAG_HELP.get(name, "")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=helptext)
+        elif name == "methods":
+            p.add_argument(flag, default=None, help=helptext,
+                           type=lambda s: [m.strip() for m in s.split(",") if m.strip()])
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type).replace(" | None", ""), str)
+            p.add_argument(flag, type=typ, default=None, help=helptext)
+
+
+def _show(value: Any) -> str:
+    """A setting's value as a user types it (flag or YAML)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _given_settings(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
+    """The settings this command line gives: ``name -> (value, how it was given)``.
+
+    A ``--config`` file's keys first, then the flags, which override them.
+    """
+    given: dict[str, tuple[Any, str]] = {}
+    if getattr(args, "config", None):
+        for name, value in pipeline.load_config(args.config).items():
+            given[name] = (value, f"{name}: {_show(value)} in --config {args.config}")
+    for name in _FIELDS:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            text = flag if value else "--no-" + flag[2:]
+        else:
+            text = f"{flag} {_show(value)}"
+        given[name] = (value, text)
+    return given
+
+
+def _config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(**{name: value for name, (value, _) in _given_settings(args).items()})
+
+
+def _resume_config(args: argparse.Namespace) -> RunConfig:
+    """The stored config of the run ``--resume`` names; a conflicting setting is an error.
+
+    A resumed run must be the run that was started (its log is replayed candidate by
+    candidate), so every setting given beside ``--resume`` must equal the stored one;
+    only ``--quiet`` may change.
+    """
+    run_dir = Path(args.resume)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"cannot resume: {cfg_path} not found (is {run_dir} a "
+                                "run directory written by `rlprune prune --out`?)")
+    cfg = RunConfig(**pipeline.load_config(cfg_path))
+    given = _given_settings(args)
+    for name, (value, text) in given.items():
+        if name == "quiet":
+            continue
+        if name == "out":
+            if Path(value).resolve() == run_dir.resolve():
+                continue
+            stored = f"the run directory is {run_dir}"
+        elif value == getattr(cfg, name):
+            continue
+        else:
+            stored = f"{cfg_path} has {name}: {_show(getattr(cfg, name))}"
+        raise UserError(f"{text} conflicts with the run being resumed ({stored}); a resumed "
+                        "run keeps its stored settings (only --quiet may be added): drop it, "
+                        "or start a new run with another --out")
+    cfg.out = str(run_dir)
+    if "quiet" in given:
+        cfg.quiet = bool(given["quiet"][0])
+    return cfg
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as typed, quoted so that it can be pasted back into a shell."""
+    return "rlprune " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    command = _command_line(args)
+    if args.resume:
+        cfg = _resume_config(args)
+        res = pipeline.run_prune(cfg, resume=True, command=command)
+    else:
+        cfg = _config_from_args(args)
+        res = pipeline.run_prune(cfg, command=command)
+    print(res.summary())
+    if cfg.out:
+        print(f"run directory: {cfg.out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    pipeline.run_compare(_config_from_args(args), command=_command_line(args))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,13 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the words of this command (not sys.argv, which is another program's when main(argv)
     # is called in-process), recorded in run directories and reports
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    handler = getattr(args, "handler", None) or globals()[f"cmd_{args.command}"]
+    handler = globals()[f"cmd_{args.command}"]
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
         print("rlprune: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, TypeError) as e:
+    except _USER_ERRORS as e:
         if os.environ.get("RLPRUNE_DEBUG"):
             raise
         print(f"rlprune: error: {e}", file=sys.stderr)

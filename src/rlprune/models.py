@@ -360,7 +360,10 @@ def digits_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
 
 
 def _init(model: nn.Module) -> None:
-    """Kaiming init for convs, unit BN, small linear: the usual CIFAR recipe."""
+    """Kaiming-normal (fan-out, ReLU) init of every Conv2d, BatchNorm2d weight 1 and bias 0.
+
+    Linear layers (and conv biases) keep PyTorch's default initialisation.
+    """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

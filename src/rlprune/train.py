@@ -1,8 +1,9 @@
 """Training, fine-tuning and evaluation on in-memory tensors, and checkpoints.
 
 ``fit`` is plain SGD with momentum, a cosine schedule, weight decay and optional
-label smoothing or distillation from a teacher (the unpruned model), with a tqdm
-bar. ``evaluate`` runs under ``torch.inference_mode()``. Checkpoints store the
+label smoothing or distillation from a teacher (the unpruned model), with a progress
+bar (:func:`rlprune.progress.progress_bar`: in place on a terminal, a line every 30 s in
+a log). ``evaluate`` runs under ``torch.inference_mode()``. Checkpoints store the
 architecture (registry name and arguments, or the whole module for user models
 and pruned models whose shapes differ from the registry's) together with the
 state dict, the dataset and its normalisation, and the test accuracy; they are
@@ -16,7 +17,6 @@ import copy
 import io
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from rlprune import models
 from rlprune.data import Split, Splits, augment
+from rlprune.fileio import atomic_write_bytes
+from rlprune.progress import progress_bar
 
 __all__ = [
     "fit",
@@ -35,7 +36,6 @@ __all__ = [
     "evaluate",
     "save_checkpoint",
     "load_checkpoint",
-    "atomic_write_bytes",
     "recalibrate_bn",
     "compute_device",
     "CheckpointError",
@@ -184,7 +184,8 @@ def fit(
             teacher.eval()
         masks = zero_masks(model) if keep_zeros else []
         step = 0
-        bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="step")
+        bar = stack.enter_context(progress_bar(total=total, desc=desc, unit="step",
+                                               disable=not progress))
         model.train()
         while step < total:
             tot_loss, tot_correct, tot_n = 0.0, 0, 0
@@ -210,9 +211,9 @@ def fit(
                 tot_loss += loss.item() * len(yb)
                 tot_correct += int((out.argmax(1) == yb).sum())
                 tot_n += len(yb)
-                bar.update(1)
                 bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}",
-                                acc=f"{tot_correct / tot_n:.3f}")
+                                acc=f"{tot_correct / tot_n:.3f}", refresh=False)
+                bar.update(1)
                 if step >= total:
                     break
             curves["loss"].append(tot_loss / max(tot_n, 1))
@@ -220,7 +221,6 @@ def fit(
             if len(splits.reward):
                 curves["reward_acc"].append(evaluate(model, splits.reward.x, splits.reward.y,
                                                     device=dev))
-        bar.close()
         model.eval()
     return curves
 
@@ -258,10 +258,14 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
 
 
 def zero_masks(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(weight, keep-mask) pairs of every conv/linear weight that has zeros."""
+    """(weight, keep-mask) pairs of every conv/linear weight that has zeros.
+
+    Every ``nn.modules.conv._ConvNd`` (Conv1d/2d/3d and the transposed ones) and
+    ``nn.Linear``: the layers whose weights weight-granularity pruning zeroes.
+    """
     out = []
     for m in model.modules():
-        if isinstance(m, nn.Conv2d | nn.Linear | nn.Conv1d):
+        if isinstance(m, nn.modules.conv._ConvNd | nn.Linear):
             w = m.weight
             if bool((w == 0).any()):
                 out.append((w, (w != 0).to(w.dtype)))
@@ -304,26 +308,6 @@ def finetune_steps(
 
 
 # -------------------------------------------------------------------------- checkpoints
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _same_shapes(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
@@ -351,8 +335,12 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module,
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a checkpoint written by :func:`save_checkpoint` (or a bare ``nn.Module`` or
-    registry-free state dict is rejected with a clear error). Returns ``(model, meta)``."""
+    """Load a checkpoint written by :func:`save_checkpoint`. Returns ``(model, meta)``.
+
+    A bare pickled ``nn.Module`` (``torch.save(model, path)``) is accepted too, with an
+    empty ``meta``. Anything else, a plain state dict included (it does not say which
+    architecture to build), raises :class:`CheckpointError` naming the file.
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
