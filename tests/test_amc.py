@@ -157,9 +157,9 @@ def amc_run(setup):
     """A short seeded amc search on a two-constraint budget."""
     budget = "params<=0.4,flops<=0.5"
     env = make_env(setup, budget)
-    agent = AMC(episodes=12, seed=0, progress=False)
     records: list[dict] = []
-    agent.callback = lambda a, info: records.append(info)
+    agent = AMC(episodes=12, seed=0, progress=False, min_preserve=0.2,
+                callback=lambda a, info: records.append(info))
     result = agent.search(env)
     return budget, env, agent, result, records
 
@@ -219,13 +219,11 @@ def test_replay_buffer_holds_final_reward_minus_baseline(amc_run):
 
 def test_interrupt_keeps_what_was_evaluated(setup):
     env = make_env(setup, "params<=0.5")
-    agent = AMC(episodes=8, seed=1, progress=False)
-
     def stop(_agent, info):
         if info["episode"] == 1:
             raise KeyboardInterrupt
 
-    agent.callback = stop
+    agent = AMC(episodes=8, seed=1, progress=False, callback=stop)
     result = agent.search(env)
     assert result.extra["interrupted"] is True
     assert len(result.history) == 2
@@ -259,12 +257,17 @@ def test_prune_lowers_the_preserve_floor_for_budgets_it_cannot_reach():
     x, y = torch.randn(96, 1, 8, 8), torch.randint(0, 10, (96,))
     seen = []
     res = api.prune(model, (x, y, x, y), "params<=0.1", method="amc", granularity="weight",
-                    search_episodes=12, progress=False, refine_policy=False,
-                    callback=lambda agent, info: seen.append(agent.config.min_preserve))
+                    episodes=12, progress=False, refine=False,
+                    callback=lambda agent, info: seen.append(agent.min_preserve))
     assert res.feasible
     assert seen and 0.03 < seen[0] < 0.06  # half of the ~10% uniform keep ratio
     assert res.search.evaluations > 1  # distinct policies, not one walled policy
     wide = api.prune(model, (x, y, x, y), "params<=0.6", method="amc", granularity="weight",
-                     search_episodes=2, progress=False,
-                     callback=lambda agent, info: seen.append(agent.config.min_preserve))
+                     episodes=2, progress=False,
+                     callback=lambda agent, info: seen.append(agent.min_preserve))
     assert wide.feasible and seen[-1] == 0.2  # the published floor where it suffices
+    published = api.prune(model, (x, y, x, y), "params<=0.1", method="amc",
+                          granularity="weight", episodes=2, progress=False,
+                          method_kwargs={"min_preserve": 0.2},
+                          callback=lambda agent, info: seen.append(agent.min_preserve))
+    assert published.feasible and seen[-1] == 0.2  # the paper's floor when asked for

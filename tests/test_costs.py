@@ -179,7 +179,7 @@ def test_budget_keywords_and_relative_rule() -> None:
     assert b.names == ["params", "flops", "macs", "latency_ms"]
     rel = {c.name: c.relative for c in b}
     assert rel == {"params": True, "flops": True, "macs": False, "latency_ms": False}
-    limits = b.limits(linear_model(), X10)
+    limits = b.bind(linear_model(), X10).limits
     assert limits["params"] == pytest.approx(0.3 * 55)
     assert limits["flops"] == pytest.approx(50.0)
     assert limits["macs"] == 20
@@ -272,15 +272,20 @@ def test_evaluate_and_bound_budget() -> None:
     b = Budget.parse("params<=0.5,macs<=50%")
     p_orig, p_small = 10 * 8 + 8 + 8 * 5 + 5, 10 * 2 + 2 + 2 * 5 + 5
     m_orig, m_small = 80 + 40, 20 + 10
-    ev = b.evaluate(small, orig, X10)
+    ev = b.bind(orig, X10).evaluate(small)
     assert ev["params"]["value"] == p_small
     assert ev["params"]["original"] == p_orig
     assert ev["params"]["limit"] == pytest.approx(0.5 * p_orig)
     assert ev["params"]["ratio"] == pytest.approx(p_small / p_orig)
     assert ev["params"]["ok"] is True
     assert ev["macs"]["value"] == m_small and ev["macs"]["ok"] is True
-    assert b.evaluate(orig, orig, X10)["params"]["ok"] is False
     bound = b.bind(orig, X10)
+    assert bound.evaluate(orig)["params"]["ok"] is False
+    assert bound.to_dict() == {"budget": "params<=0.5,macs<=50%",
+                               "original": {"params": p_orig, "macs": m_orig},
+                               "limits": {"params": 0.5 * p_orig, "macs": 0.5 * m_orig}}
+    restored = BoundBudget(b, bound.to_dict()["original"])  # no re-measurement
+    assert restored.limits == bound.limits
     assert isinstance(bound, BoundBudget)
     assert np.allclose(bound.ratios(small), [p_small / (0.5 * p_orig), m_small / (0.5 * m_orig)])
     assert np.allclose(bound.ratios(orig), [2.0, 2.0])

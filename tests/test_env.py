@@ -12,9 +12,12 @@ from gymnasium.utils.env_checker import check_env
 from torch import nn
 
 from rlprune import api, train
+from rlprune.agents import get_method
+from rlprune.agents.base import refine
 from rlprune.costs import Budget
-from rlprune.env import PruningEnv, RewardContext, dense_reward, neg_error_log_flops
+from rlprune.env import PruningEnv
 from rlprune.history import History
+from rlprune.rewards import RewardContext, dense_reward, neg_error_log_flops
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +63,32 @@ def test_observation_and_cost_contract(model, digits):
     assert len(env.history) == 1 and env.history.candidates[0].accuracy == info["accuracy"]
 
 
-def test_test_split_is_never_scored(model, digits):
+class _Untouchable:
+    """A split that raises as soon as anything reads it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test split was touched (.{name})")
+
+    def __len__(self):
+        raise AssertionError("the test split was touched (len)")
+
+
+@pytest.mark.parametrize("method", ["cpl", "purl", "amc", "uniform", "random", "global"])
+def test_test_split_is_never_scored(model, digits, method):
     poisoned = copy.copy(digits)
-    poisoned.test = type(digits.test)(digits.test.x * float("nan"), digits.test.y)
-    env = PruningEnv(model, poisoned, "params<=0.5")
-    _, info = _episode(env, [np.array([0.2], np.float32)] * env.T)
-    assert np.isfinite(info["accuracy"])
+    poisoned.test = _Untouchable()
+    bound = Budget.parse("params<=0.5").bind(model, digits.example_input(1))
+    env = api.make_env(model, poisoned, bound, method)
+    res = get_method(method, episodes=3, progress=False, refine=True).search(env)
+    assert res.evaluations >= 1 and np.isfinite(res.history.candidates[0].accuracy)
 
 
 def test_repeated_policy_is_cached_not_rescored(model, digits, monkeypatch):
     env = PruningEnv(model, digits, "params<=0.5")
     calls = []
-    real = env._accuracy
-    monkeypatch.setattr(env, "_accuracy", lambda m, dense=False: calls.append(1) or real(m))
+    real = env.evaluator.accuracy
+    monkeypatch.setattr(env.evaluator, "accuracy",
+                        lambda m, dense=False: calls.append(1) or real(m))
     _episode(env, [np.array([0.25], np.float32)] * env.T)
     _episode(env, [np.array([0.25], np.float32)] * env.T)
     assert len(calls) == 1
@@ -114,7 +130,7 @@ def test_bn_recalibration_restores_accuracy(model, digits):
     assert acc_fixed > acc_raw + 0.1
     # the statistics really changed, and the env applies the same step when asked
     env = PruningEnv(model, digits, "params<=0.5", bn_samples=256)
-    built = env.build(policy)
+    built = env.evaluator.build(policy)
     for a, b in zip(built.modules(), fixed.modules()):
         if isinstance(a, nn.BatchNorm2d):
             torch.testing.assert_close(a.running_mean, b.running_mean)
@@ -123,14 +139,14 @@ def test_bn_recalibration_restores_accuracy(model, digits):
 def test_refine_spends_unused_budget(model, digits):
     env = PruningEnv(model, digits, "params<=0.5")
     loose = np.full(env.T, 0.8) * env.max_ratios / env.max_ratios.max()
-    assert np.all(env.cost_ratios(loose) <= 1)
-    out = api.refine(env, loose)
-    r_out = env.cost_ratios(out)
+    assert np.all(env.evaluator.cost_ratios(loose) <= 1)
+    out = refine(env.evaluator, loose)
+    r_out = env.evaluator.cost_ratios(out)
     assert np.all(r_out <= 1.0)
     best = env.history.key(env.history.lookup(out))
     assert best >= env.history.key(env.history.lookup(loose))
     if not np.allclose(out, loose):
-        assert r_out.max() > env.cost_ratios(loose).max()  # moved toward the boundary
+        assert r_out.max() > env.evaluator.cost_ratios(loose).max()  # toward the boundary
 
 
 def test_step_function_cost_is_met_by_cpl(model, digits):
@@ -141,30 +157,29 @@ def test_step_function_cost_is_met_by_cpl(model, digits):
         return float(np.ceil(n / 16.0) * 16)
 
     budget = Budget(custom={"conv_steps": (conv_channel_steps, 64)})
-    res = api.prune(model, digits, budget, method="cpl", search_episodes=60, progress=False)
+    res = api.prune(model, digits, budget, method="cpl", episodes=60, progress=False)
     assert res.feasible
     assert conv_channel_steps(res.model) <= 64
     assert res.search.best is not None  # a feasible candidate was found by the search
 
 
 def test_interrupt_returns_best_so_far(model, digits, monkeypatch):
-    env = api.make_env(model, digits, Budget.parse("params<=0.5"), "cpl")
-    real = env.evaluate_policy
+    bound = Budget.parse("params<=0.5").bind(model, digits.example_input(1))
+    env = api.make_env(model, digits, bound, "cpl")
+    real = env.evaluator.evaluate
     count = {"n": 0}
 
-    def flaky(policy, episode=None):
+    def flaky(policy, episode=0):
         count["n"] += 1
         if count["n"] == 12:
             raise KeyboardInterrupt
         return real(policy, episode)
 
-    monkeypatch.setattr(env, "evaluate_policy", flaky)
-    from rlprune.agents import get_method
-
+    monkeypatch.setattr(env.evaluator, "evaluate", flaky)
     res = get_method("cpl", episodes=100, progress=False).search(env)
     assert res.extra.get("interrupted") is True
     assert res.evaluations == 11
-    assert np.all(env.cost_ratios(res.policy) <= 1.0)
+    assert np.all(env.evaluator.cost_ratios(res.policy) <= 1.0)
 
 
 def test_cpl_beats_uniform_at_weight_budget(model, digits):
@@ -172,12 +187,11 @@ def test_cpl_beats_uniform_at_weight_budget(model, digits):
     uni = api.prune(model, digits, "params<=0.2", method="uniform", granularity="weight",
                     progress=False)
     cpl = api.prune(model, digits, "params<=0.2", method="cpl", granularity="weight",
-                    search_episodes=200, progress=False)
+                    episodes=200, progress=False)
     for res in (uni, cpl):
         assert res.feasible
-    b = Budget.parse("nonzero_params<=0.2")
-    ex = digits.example_input(1)
-    assert all(v["ok"] for v in b.evaluate(cpl.model, model, ex).values())
+    b = Budget.parse("nonzero_params<=0.2").bind(model, digits.example_input(1))
+    assert all(v["ok"] for v in b.evaluate(cpl.model).values())
     acc = {r.method: train.evaluate(r.model, digits.reward.x, digits.reward.y)
            for r in (uni, cpl)}
     assert acc["cpl"] >= acc["uniform"]

@@ -10,6 +10,7 @@ interpreter, killing a run, the real stderr of an error.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -26,8 +27,9 @@ import torch
 import yaml
 
 import rlprune
-from rlprune import cli, data, pipeline
-from rlprune.env import PruningEnv
+from rlprune import cli, data, pipeline, train
+from rlprune.costs import Budget
+from rlprune.evaluate import Evaluator
 
 CLI = [sys.executable, "-m", "rlprune.cli"]
 MODEL = ["--model", "digits_cnn", "--data", "digits", "--pretrain-epochs", "5"]
@@ -276,8 +278,9 @@ def test_a_runs_config_yaml_is_a_valid_config(
         ("- model\n- digits_cnn\n", ["mapping"]),
         ("model: digits_cnn\ndata: digits\nbudget: params<=0.4\nepisodes: many\n",
          ["'episodes'", "many"]),
+        ("model: digits_cnn\ndata: digits\nbudget: 0.3\n", ["'budget'", "a string", "0.3"]),
     ],
-    ids=["unknown-key", "malformed-yaml", "not-a-mapping", "wrong-type"],
+    ids=["unknown-key", "malformed-yaml", "not-a-mapping", "wrong-type", "budget-not-a-string"],
 )
 def test_bad_config_is_one_clear_error(
     cache_env: Path, tmp_path: Path, text: str, names: list[str]
@@ -423,13 +426,13 @@ def test_resume_after_kill_9_completes_without_repeating_evaluations(
 
     # count the candidates scored from here on
     scored: list[int] = []
-    original_accuracy = PruningEnv._accuracy
+    original_accuracy = Evaluator.accuracy
 
-    def counting_accuracy(self: PruningEnv, model: Any, dense: bool = False) -> float:
+    def counting_accuracy(self: Evaluator, model: Any, dense: bool = False) -> float:
         scored.append(1)
         return original_accuracy(self, model, dense)
 
-    monkeypatch.setattr(PruningEnv, "_accuracy", counting_accuracy)
+    monkeypatch.setattr(Evaluator, "accuracy", counting_accuracy)
     rc, out, err = run_cli(["prune", "--resume", str(run), "--quiet"])
     assert rc == 0, err
     assert "params" in out
@@ -449,7 +452,7 @@ def test_resume_after_kill_9_completes_without_repeating_evaluations(
     assert report["search"]["candidates"] == len(log)
 
     # nothing was lost either: the same search as a run that was never interrupted
-    monkeypatch.setattr(PruningEnv, "_accuracy", original_accuracy)
+    monkeypatch.setattr(Evaluator, "accuracy", original_accuracy)
     ref = tmp_path / "uninterrupted"
     rc, _, err = run_cli([*argv, "--out", str(ref)])
     assert rc == 0, err
@@ -464,6 +467,122 @@ def test_resume_of_a_directory_without_a_run_is_a_clear_error(
     rc, _, err = run_cli(["prune", "--resume", str(tmp_path / "nothing-here"), "--quiet"])
     line = one_error_line(rc, err)
     assert "nothing-here" in line and "config.yaml" in line
+
+
+def write_run_config(run: Path, **extra: Any) -> pipeline.RunConfig:
+    """A run directory's config.yaml as `rlprune prune --out` writes it (no run needed)."""
+    cfg = pipeline.RunConfig(model="digits_cnn", data="digits", budget=BUDGET, method="cpl",
+                             episodes=30, pretrain_epochs=5, finetune_epochs=1, out=str(run),
+                             **extra)
+    run.mkdir(parents=True, exist_ok=True)
+    body = dataclasses.asdict(cfg)
+    body["_command"] = "rlprune prune --episodes 30"
+    (run / "config.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    return cfg
+
+
+@pytest.fixture
+def resumed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[pipeline.RunConfig, bool]]:
+    """pipeline.run_prune replaced by a recorder of (config, resume): no search is run."""
+    calls: list[tuple[pipeline.RunConfig, bool]] = []
+
+    class Result:
+        def summary(self) -> str:
+            return "params: (not run)"
+
+    def fake_run_prune(cfg: pipeline.RunConfig, resume: bool = False,
+                       command: str = "") -> Result:
+        calls.append((cfg, resume))
+        return Result()
+
+    monkeypatch.setattr(pipeline, "run_prune", fake_run_prune)
+    monkeypatch.delenv("RLPRUNE_DEBUG", raising=False)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--budget", "params<=0.5"], ["--budget params<=0.5", f"budget: {BUDGET}"]),
+        (["--method", "uniform"], ["--method uniform", "method: cpl"]),
+        (["--episodes", "7"], ["--episodes 7", "episodes: 30"]),
+        (["--finetune-lr", "0.5"], ["--finetune-lr 0.5", "finetune_lr: 0.01"]),
+        (["--no-onnx"], ["--no-onnx", "onnx: true"]),
+        (["--reward", "dense"], ["--reward dense", "reward: null"]),
+        (["--out", "{tmp}/elsewhere"], ["--out {tmp}/elsewhere", "{run}"]),
+        (["--config", "{conf}"], ["budget: params<=0.5 in --config {conf}",
+                                  f"budget: {BUDGET}"]),
+    ],
+    ids=["budget", "method", "episodes", "finetune-lr", "no-onnx", "reward", "out", "config"],
+)
+def test_resume_refuses_a_conflicting_setting(
+    resumed: list[Any], tmp_path: Path, args: list[str], names: list[str]
+) -> None:
+    run = tmp_path / "run"
+    write_run_config(run)
+    conf = tmp_path / "other.yaml"
+    conf.write_text(yaml.safe_dump({"budget": "params<=0.5", "episodes": 30}))
+
+    def fill(s: str) -> str:
+        return s.replace("{tmp}", str(tmp_path)).replace("{conf}", str(conf)).replace(
+            "{run}", str(run))
+
+    rc, _, err = run_cli(["prune", "--resume", str(run), *map(fill, args), "--quiet"])
+    line = one_error_line(rc, err)
+    assert "resumed" in line
+    for name in names:
+        assert fill(name) in line
+    assert resumed == []  # refused before anything ran
+
+
+def test_resume_accepts_agreeing_settings_and_quiet(resumed: list[Any], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    stored = write_run_config(run)
+    rc, out, err = run_cli(["prune", "--resume", str(run), "--budget", BUDGET, "--method",
+                            "cpl", "--episodes", "30", "--finetune-lr", "0.01", "--onnx",
+                            "--out", str(run), "--config", str(run / "config.yaml"),
+                            "--quiet"])
+    assert rc == 0, err
+    assert "params" in out
+    ((cfg, resume),) = resumed
+    assert resume is True
+    assert cfg == dataclasses.replace(stored, quiet=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [("episodes: many\n", ["'episodes'", "many", "integer"]),
+     ("budjet: 0.3\n", ["budjet"])],
+    ids=["wrong-type", "unknown-key"],
+)
+def test_resume_of_a_bad_stored_config_is_one_clear_error(
+    resumed: list[Any], tmp_path: Path, text: str, names: list[str]
+) -> None:
+    run = tmp_path / "run"
+    write_run_config(run)
+    with open(run / "config.yaml", "a") as f:
+        f.write(text)
+    rc, _, err = run_cli(["prune", "--resume", str(run)])
+    line = one_error_line(rc, err)
+    assert str(run / "config.yaml") in line
+    for name in names:
+        assert name in line
+    assert resumed == []
+
+
+def test_prune_pretrains_lenet300_on_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    """lenet300 takes its input side from the data (8x8 digits, not MNIST's 28x28)."""
+    monkeypatch.setenv("RLPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("RLPRUNE_DEBUG", raising=False)
+    rc, out, err = run_cli(["prune", "--model", "lenet300", "--data", "digits", "--budget",
+                            "params<=0.3", "--episodes", "2", "--pretrain-epochs", "1",
+                            "--quiet"])
+    assert rc == 0, err
+    assert "params" in out
+    model, meta = train.load_checkpoint(tmp_path / "cache" / "lenet300_digits_e1_s0.pt")
+    assert meta["input_shape"] == [1, 8, 8]
+    assert model.net[1].in_features == 64
 
 
 # ------------------------------------------------------------------------- 5. compare
@@ -533,6 +652,7 @@ def test_dense_samples_reaches_the_env(digits: Any, trained_digits_cnn: Any) -> 
 
     cfg = pipeline.RunConfig(model="digits_cnn", data="digits", budget=BUDGET,
                              method="purl", dense_samples=17, reward_samples=40)
-    env = api.make_env(trained_digits_cnn, digits, BUDGET, method="purl",
+    bound = Budget.parse(BUDGET).bind(trained_digits_cnn, digits.example_input(1))
+    env = api.make_env(trained_digits_cnn, digits, bound, method="purl",
                        **pipeline._env_kwargs(cfg))
-    assert env.dense and len(env._dy) == 17 and len(env._ry) == 40
+    assert env.dense and len(env.evaluator._dy) == 17 and len(env.evaluator._ry) == 40

@@ -113,7 +113,7 @@ def test_project_is_feasible_or_raises(
     p = np.array(policy[: len(space)])
     budget = make_budget(spec, model_name)
     try:
-        q = project(space, model, p, budget, x)
+        q = project(space, model, p, budget.bind(model, x))
     except BudgetInfeasibleError as err:
         # only when even the most aggressive pruning fails, measured here
         assert not feasible_independently(spec, model, space.apply(model, space.max_policy()), x)
@@ -135,7 +135,7 @@ def test_project_is_feasible_or_raises(
 def test_uniform_policy_meets_budget_tightly(model_name: str, spec: dict[str, float]) -> None:
     model, x, space = setup(model_name)
     budget = make_budget(spec, model_name)
-    q = uniform_policy(space, model, budget, x)
+    q = uniform_policy(space, model, budget.bind(model, x))
     r = float(q.max())
     assert np.allclose(q, np.minimum(r, space.max_policy()))  # one ratio for every layer
     assert feasible_independently(spec, model, space.apply(model, q), x)
@@ -148,7 +148,7 @@ def test_uniform_policy_meets_budget_tightly(model_name: str, spec: dict[str, fl
 def test_project_moves_minimally() -> None:
     model, x, space = setup("digits_cnn")
     p = np.array([0.1, 0.2, 0.0])
-    q = project(space, model, p, "params<=0.3", x)
+    q = project(space, model, p, Budget.parse("params<=0.3").bind(model, x))
     top = space.max_policy()
     t = float((q[0] - p[0]) / (top[0] - p[0]))
     assert 0 < t < 1
@@ -160,7 +160,8 @@ def test_project_moves_minimally() -> None:
 def test_infeasible_budget_message() -> None:
     model, x, space = setup("digits_cnn")
     with pytest.raises(BudgetInfeasibleError) as info:
-        project(space, model, np.zeros(len(space)), "params<=0.001,flops<=0.9", x)
+        bound = Budget.parse("params<=0.001,flops<=0.9").bind(model, x)
+        project(space, model, np.zeros(len(space)), bound)
     msg = str(info.value)
     assert "params reaches at least" in msg and "limit" in msg
     assert "flops" not in msg  # only the failing constraint is named
@@ -169,15 +170,16 @@ def test_infeasible_budget_message() -> None:
     assert limit == pytest.approx(0.001 * costs.count_params(model))
     assert isinstance(info.value, ValueError)
     with pytest.raises(BudgetInfeasibleError):
-        uniform_policy(space, model, "params<=0.001", x)
+        uniform_policy(space, model, Budget.parse("params<=0.001").bind(model, x))
 
 
 def test_weight_granularity_params_budget_hint() -> None:
     model, x, _ = setup("digits_cnn")
     space = PruningSpace.from_model(model, x, granularity="weight")
     with pytest.raises(BudgetInfeasibleError, match="nonzero_params"):
-        project(space, model, np.zeros(len(space)), "params<=0.5", x)
-    q = project(space, model, np.zeros(len(space)), "nonzero_params<=0.2", x)
+        project(space, model, np.zeros(len(space)), Budget.parse("params<=0.5").bind(model, x))
+    bound = Budget.parse("nonzero_params<=0.2").bind(model, x)
+    q = project(space, model, np.zeros(len(space)), bound)
     pruned = space.apply(model, q)
     assert sum(int(torch.count_nonzero(p)) for p in pruned.parameters()) <= 0.2 * sum(
         p.numel() for p in model.parameters()
@@ -210,7 +212,16 @@ def test_bound_budget_is_reused_and_policy_validated() -> None:
     model, x, space = setup("mlp")
     bound = Budget.parse("params<=0.4").bind(model, x)
     q1 = project(space, model, [0.0, 0.0], bound)
-    q2 = project(space, model, [0.0, 0.0], "params<=0.4", x)
+    q2 = project(space, model, [0.0, 0.0], Budget.parse("params<=0.4").bind(model, x))
     assert np.array_equal(q1, q2)
     with pytest.raises(ValueError, match="2 entries"):
         project(space, model, [0.1], bound)
+
+
+def test_projection_needs_a_bound_budget() -> None:
+    """Limits are resolved once per run: an unbound budget is refused, not re-bound."""
+    model, x, space = setup("mlp")
+    with pytest.raises(TypeError, match="BoundBudget"):
+        project(space, model, [0.0, 0.0], Budget.parse("params<=0.4"))
+    with pytest.raises(TypeError, match="BoundBudget"):
+        uniform_policy(space, model, "params<=0.4")

@@ -44,9 +44,9 @@ def make_env(setup, budget: str = BUDGET, **kw) -> PruningEnv:
 def run(setup):
     """One short seeded purl search with every per-episode record kept."""
     env = make_env(setup)
-    agent = PuRL(episodes=EPISODES, seed=0, progress=False)
     records: list[dict] = []
-    agent.callback = lambda a, info: records.append(info)
+    agent = PuRL(episodes=EPISODES, seed=0, progress=False,
+                 callback=lambda a, info: records.append(info))
     result = agent.search(env)
     return env, agent, result, records
 
@@ -146,13 +146,11 @@ def test_continuous_env_is_rejected(setup):
 
 def test_interrupt_keeps_what_was_evaluated(setup):
     env = make_env(setup)
-    agent = PuRL(episodes=8, seed=1, progress=False)
-
     def stop(_agent, info):
         if info["episode"] == 2:
             raise KeyboardInterrupt
 
-    agent.callback = stop
+    agent = PuRL(episodes=8, seed=1, progress=False, callback=stop)
     result = agent.search(env)
     assert result.extra["interrupted"] is True
     assert len(result.history) == 3
@@ -173,16 +171,21 @@ def test_options_and_registry():
 
 def test_tight_budgets_get_levels_around_the_uniform_policy(setup):
     from rlprune import api
-    from rlprune.space import uniform_policy
 
     model, splits = setup
-    loose = api.make_env(model, splits, Budget.parse("params<=0.5"), "purl",
-                         granularity="weight", dense_samples=DENSE_SAMPLES)
+    ex = splits.example_input(1)
+
+    def env_for(budget: str, **kw):
+        bound = api.budget_for(budget, "weight").bind(model, ex)
+        env = api.make_env(model, splits, bound, "purl",
+                           granularity="weight", dense_samples=DENSE_SAMPLES, **kw)
+        PuRL(episodes=2).configure(env)  # what search() does first
+        return env
+
+    loose = env_for("params<=0.5")
     assert np.allclose(loose.levels, np.linspace(0.0, loose.a_max, 10))  # default grid
-    tight = api.make_env(model, splits, Budget.parse("nonzero_params<=0.08"), "purl",
-                         granularity="weight", dense_samples=DENSE_SAMPLES)
-    r = float(np.max(uniform_policy(tight.space, tight.model, tight.bound,
-                                    tight.example_input)))
+    tight = env_for("nonzero_params<=0.08")
+    r = tight.evaluator.uniform_ratio()
     lv = tight.levels
     assert tight.action_space.n == len(lv) == 10
     assert lv[0] == 0.0 and np.all(np.diff(lv) > 0) and lv[-1] <= tight.a_max
@@ -191,8 +194,7 @@ def test_tight_budgets_get_levels_around_the_uniform_policy(setup):
     assert (lv > r + 1e-5).sum() == 4 and (lv < r - 1e-5).sum() == 5
     # the default grid has at most two levels at or beyond r; this one has five
     assert (np.linspace(0.0, tight.a_max, 10) >= r - 1e-5).sum() <= 2
-    given = api.make_env(model, splits, Budget.parse("nonzero_params<=0.08"), "purl",
-                         granularity="weight", dense_samples=DENSE_SAMPLES, levels=[0.0, 0.5])
+    given = env_for("nonzero_params<=0.08", levels=[0.0, 0.5])
     assert given.levels.tolist() == [0.0, 0.5]
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         tight.set_levels([0.2, 1.0])

@@ -19,29 +19,14 @@ from torch import nn
 
 from rlprune import costs as costs_mod
 from rlprune import train as train_mod
-from rlprune.agents.base import SearchResult, check_methods, get_method
-from rlprune.costs import Budget
+from rlprune.agents.base import SearchResult, check_methods, get_method, method_class
+from rlprune.costs import BoundBudget, Budget
 from rlprune.data import Splits, as_splits
 from rlprune.env import PruningEnv
 from rlprune.history import History
-from rlprune.space import PruningSpace, bisect_boundary, uniform_policy
+from rlprune.space import PruningSpace
 
-__all__ = ["PruneResult", "prune", "compare", "load", "make_env", "budget_levels", "budget_for",
-           "METHOD_ENV_DEFAULTS", "SEARCHING_METHODS"]
-
-#: How each method wants the shared environment configured (PuRL: discrete levels and
-#: dense rewards; the rest: continuous ratios and a terminal reward).
-METHOD_ENV_DEFAULTS: dict[str, dict[str, Any]] = {
-    "purl": {"action": "discrete", "reward": "dense"},
-}
-
-
-#: Agent options ``prune`` sets unless the caller does. cpl: the authors' 128-step
-#: rollouts would give a short search (tens of episodes) no update at all, so rollouts
-#: are shortened to give at least 4 policy and multiplier updates.
-METHOD_AGENT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cpl": {"min_updates": 4},
-}
+__all__ = ["PruneResult", "prune", "compare", "load", "make_env", "budget_for"]
 
 
 @dataclass
@@ -49,8 +34,10 @@ class PruneResult:
     """What :func:`prune` returns.
 
     ``costs[name]`` = ``{"original", "pruned", "ratio", "limit", "ok"}`` measured on the
-    returned model; ``accuracy`` has ``original``, ``pruned`` (test split, after
-    fine-tuning if any), ``pruned_before_finetune`` and the reward-split accuracies.
+    returned model (``reported_only`` for costs shown but not constrained); ``bound``
+    is the run's budget with its absolute limits; ``accuracy`` has ``original``,
+    ``pruned`` (test split, after fine-tuning if any), ``pruned_before_finetune`` and the
+    reward-split accuracies.
     """
 
     model: nn.Module
@@ -67,6 +54,7 @@ class PruneResult:
     timings: dict[str, float] = field(default_factory=dict)
     original: nn.Module | None = None
     example_input: torch.Tensor | None = None
+    bound: BoundBudget | None = None
 
     @property
     def feasible(self) -> bool:
@@ -77,6 +65,10 @@ class PruneResult:
         """A few human-readable lines."""
         parts = [f"method {self.method} ({self.granularity}), budget {self.budget}"]
         for name, c in self.costs.items():
+            if c.get("reported_only"):
+                parts.append(f"  {name}: {c['pruned']:.6g} ({c['ratio']:.1%} of original; "
+                             "reported only, not constrained)")
+                continue
             parts.append(f"  {name}: {c['pruned']:.6g} (limit {c['limit']:.6g}, "
                          f"{c['ratio']:.1%} of original) {'ok' if c['ok'] else 'VIOLATED'}")
         acc = self.accuracy
@@ -121,7 +113,7 @@ def budget_for(budget: Budget | str, granularity: str) -> Budget:
 def make_env(
     model: nn.Module,
     splits: Splits,
-    budget: Budget,
+    bound: BoundBudget,
     method: str,
     granularity: str = "channel",
     importance: str = "l1",
@@ -130,86 +122,11 @@ def make_env(
     seed: int = 0,
     **env_kwargs: Any,
 ) -> PruningEnv:
-    """The environment configured as ``method`` expects (see ``METHOD_ENV_DEFAULTS``).
-
-    Discrete actions without given ``levels`` get :func:`budget_levels` when the
-    budget is tight (the evenly spaced default grid has no level near it).
-    """
-    kw = {**METHOD_ENV_DEFAULTS.get(method, {}), **env_kwargs}
-    env = PruningEnv(model, splits, budget_for(budget, granularity), space=space,
-                     granularity=granularity,
-                     importance=importance, example_input=example_input, seed=seed, **kw)
-    if env.levels is not None and "levels" not in kw:
-        levels = budget_levels(env)
-        if levels is not None:
-            env.set_levels(levels)
-    return env
-
-
-def budget_levels(env: PruningEnv, n: int = 10, tight: float = 0.25) -> np.ndarray | None:
-    """Discrete prune ratios for a tight budget, or ``None`` when the default grid fits.
-
-    With ``k`` the keep ratio of the one-ratio-for-all policy that just meets the
-    budget, a budget is tight when ``k < tight``: the default grid, evenly spaced prune
-    ratios ``0, a_max/9, ..., a_max``, then has at most two levels at or beyond the
-    uniform policy (for 8% of the weights, keep 12% or 1%), so per-layer choices are
-    all-or-nothing. Here the levels are no pruning plus ``n - 1`` keep ratios spaced
-    geometrically from ``k / 4`` to ``4 k`` (each clipped to what the layers allow).
-    """
-    k = 1.0 - _uniform_ratio(env)
-    if k >= tight:
-        return None
-    keeps = np.clip(k * 2.0 ** np.linspace(-2.0, 2.0, n - 1), 1.0 - env.a_max, 1.0)
-    return np.unique(np.round(np.concatenate([[0.0], 1.0 - keeps]), 6))
-
-
-def _budget_aware_defaults(method: str, env: PruningEnv,
-                           given: dict[str, Any]) -> dict[str, Any]:
-    """Agent options that depend on how tight the budget is (unless the caller set them).
-
-    ``amc``'s published lowest preserve ratio of 0.2 cannot reach a budget tighter
-    than keeping 20% of every layer (every episode would hit the same walled policy).
-    With ``r`` the one prune ratio for every layer that just meets the budget, it is
-    lowered to ``min(0.2, (1 - r) / 2)``: every layer may go to half the uniform keep
-    ratio.
-    """
-    if method != "amc" or "config" in given or "min_preserve" in given:
-        return {}
-    return {"min_preserve": min(0.2, (1.0 - _uniform_ratio(env)) / 2.0)}
-
-
-def _uniform_ratio(env: PruningEnv) -> float:
-    """The one prune ratio for every layer that just meets ``env``'s budget."""
-    return float(np.max(uniform_policy(env.space, env.model, env.bound, env.example_input),
-                        initial=0.0))
-
-
-def refine(env: PruningEnv, policy: np.ndarray, iterations: int = 12) -> np.ndarray:
-    """Spend budget the chosen policy left unused, if that scores better.
-
-    Searches often end on a policy that is comfortably inside the budget. This scales
-    every prune ratio down by one factor ``s`` in [0, 1], bisected to the smallest ``s``
-    that is still feasible (measured), scores that policy on the reward split, and
-    returns it when it ranks above the original choice. At most two evaluations are
-    added to the history (the original is scored too if the search never did).
-    Skipped for budgets with noisy costs (latency), whose boundary is not reliable.
-    """
-    p = np.asarray(policy, dtype=np.float64)
-    if env.bound.noisy or not p.any():
-        return p
-
-    def ok(s: float) -> bool:
-        return bool(np.all(env.cost_ratios(p * s) <= 1.0))
-
-    hi = 0.0 if ok(0.0) else bisect_boundary(ok, iterations)
-    if hi > 0.995:
-        return p
-    base = env.history.lookup(p) or env.evaluate_policy(p)
-    cand = env.evaluate_policy(p * hi)
-    cand.extra["refined_from"] = base.index
-    if cand.feasible and env.history.key(cand) > env.history.key(base):
-        return np.asarray(cand.policy, dtype=np.float64)
-    return p
+    """The environment configured as ``method`` expects (its ``env_options``), over a
+    budget already bound to ``model`` (:meth:`Budget.bind`)."""
+    kw = {**method_class(method).env_options, **env_kwargs}
+    return PruningEnv(model, splits, bound, space=space, granularity=granularity,
+                      importance=importance, example_input=example_input, seed=seed, **kw)
 
 
 def prune(
@@ -222,8 +139,8 @@ def prune(
     finetune_epochs: int = 0,
     finetune_lr: float = 0.01,
     distill: bool = False,
-    search_episodes: int | None = None,
-    importance: str = "l1",
+    episodes: int | None = None,
+    importance: str | None = None,
     seed: int = 0,
     progress: bool = True,
     env_kwargs: dict[str, Any] | None = None,
@@ -231,63 +148,77 @@ def prune(
     space: PruningSpace | None = None,
     callback: Any = None,
     env: PruningEnv | None = None,
-    refine_policy: bool = True,
+    refine: bool = True,
+    bound: BoundBudget | None = None,
 ) -> PruneResult:
     """Prune ``model`` to fit ``budget`` with ``method``; returns a :class:`PruneResult`.
 
     ``data`` is a :class:`~rlprune.data.Splits`, a dataset name or a tuple
     ``(x_train, y_train, x_test, y_test)``; ``budget`` a :class:`Budget` or a string
-    such as ``"params<=0.3,flops<=50%"``. ``search_episodes`` sets the search length
-    of the searching methods (candidate evaluations). The returned model meets every
-    constraint of the budget, measured on it; an unreachable budget raises
-    :class:`~rlprune.costs.BudgetInfeasibleError` naming the smallest reachable value.
-    ``env`` is a ready :class:`PruningEnv` over ``model`` (e.g. one replaying a logged
-    search when resuming); ``callback(agent, info)`` is called after every episode.
-    ``refine_policy`` lets :func:`refine` spend budget the search's choice left unused.
+    such as ``"params<=0.3,flops<=50%"``. ``episodes`` sets the search length of the
+    searching methods (candidate evaluations; ``None``: the method's default). The
+    returned model meets every constraint of the budget, measured on it; an unreachable
+    budget raises :class:`~rlprune.costs.BudgetInfeasibleError` naming the smallest
+    reachable value, before any search time is spent.
+
+    The budget is bound once (every relative limit resolved against the original
+    model) and that :class:`~rlprune.costs.BoundBudget` is used by the search, the
+    projection and the final check; pass ``bound`` to reuse one (``compare`` and
+    resumed runs do). ``env`` is a ready :class:`PruningEnv` over ``model`` (e.g. one
+    replaying a logged search when resuming): it already holds the space, budget and
+    evaluation options, so ``space``, ``env_kwargs``, ``importance``,
+    ``example_input`` and ``bound`` must then be left out. ``callback`` is a
+    :class:`~rlprune.agents.base.Callback` or a function ``f(searcher, info)`` called
+    after every episode; ``refine`` lets the search spend budget its choice left unused
+    (:func:`~rlprune.agents.base.refine`). ``model`` is never modified.
     """
     _check_model(model)
     if granularity not in ("channel", "weight"):
         raise ValueError(f"granularity must be 'channel' or 'weight', got {granularity!r}")
     if finetune_epochs < 0:
         raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+    check_methods([method])
     splits = as_splits(data, seed=seed)
     budget = budget_for(budget, granularity)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
     original = copy.deepcopy(model).eval()
-    ex = example_input if example_input is not None else splits.example_input(1)
     t0 = time.perf_counter()
     if env is None:
-        env = make_env(original, splits, budget, method, granularity, importance, ex, space,
-                       seed, **(env_kwargs or {}))
+        ex = example_input if example_input is not None else splits.example_input(1)
+        if bound is None:
+            bound = budget.bind(original, ex)
+        elif str(bound.budget) != str(budget):
+            raise ValueError(f"bound is bound for {str(bound.budget)!r}, not for the budget "
+                             f"{str(budget)!r}")
+        env = make_env(original, splits, bound, method, granularity, importance or "l1", ex,
+                       space, seed, **(env_kwargs or {}))
+    else:
+        given = [name for name, v in (("space", space), ("env_kwargs", env_kwargs),
+                                      ("importance", importance),
+                                      ("example_input", example_input), ("bound", bound))
+                 if v is not None]
+        if given:
+            raise ValueError(f"prune(env=...) takes the space, budget and evaluation options "
+                             f"from the env; leave out {', '.join(given)}")
+        if env.space.granularity != granularity:
+            raise ValueError(f"the env prunes {env.space.granularity!r} but granularity is "
+                             f"{granularity!r}")
+        bound = env.bound
+        ex = env.evaluator.example_input
+    evaluator = env.evaluator
     t_env = time.perf_counter() - t0
     # An unreachable budget is a clear error before any search time is spent.
-    env.project(env.max_ratios)
-    mkw = {**METHOD_AGENT_DEFAULTS.get(method, {}), **(method_kwargs or {})}
-    mkw.update(_budget_aware_defaults(method, env, mkw))
-    if search_episodes is not None:
-        mkw["episodes"] = search_episodes
-    searcher = get_method(method, seed=seed, progress=progress, **mkw)
-    if callback is not None:
-        searcher.callback = callback  # type: ignore[attr-defined]
-    result = searcher.search(env, budget)
-    if refine_policy:
-        n0 = len(env.history)
-        result.policy = refine(env, result.policy)
-        result.evaluations = env.history.evaluations
-        if len(env.history) > n0 and callback is not None:
-            callback(searcher, {"episode": env.episode, "candidate": env.history.candidates[-1],
-                                "best": env.history.best, "refine": True})
-        result.best = env.history.best
-        result.best_found_at = env.history.best_found_at
+    evaluator.project(env.max_ratios)
+    searcher = get_method(method, episodes=episodes, seed=seed, progress=progress,
+                          callback=callback, refine=refine, **(method_kwargs or {}))
+    result = searcher.search(env)
 
-    pruned = env.build(result.policy, finetune=False)
+    pruned = evaluator.build(result.policy, finetune=False)
     acc: dict[str, float] = {}
     has_test = len(splits.test) > 0
     if has_test:
         acc["original"] = train_mod.evaluate(original, splits.test.x, splits.test.y)
         acc["pruned_before_finetune"] = train_mod.evaluate(pruned, splits.test.x, splits.test.y)
-    acc["reward_original"] = env.original_accuracy
+    acc["reward_original"] = evaluator.original_accuracy
     acc["reward_pruned_before_finetune"] = train_mod.evaluate(pruned, splits.reward.x,
                                                               splits.reward.y)
     t1 = time.perf_counter()
@@ -303,8 +234,9 @@ def prune(
     acc["reward_pruned"] = train_mod.evaluate(pruned, splits.reward.x, splits.reward.y)
     pruned.eval()
 
-    measured = budget.evaluate(pruned, original, ex)
-    cost_table = {
+    # the final check uses the run's bound budget: the original is not measured again
+    measured = bound.evaluate(pruned)
+    cost_table: dict[str, dict[str, Any]] = {
         name: {"original": float(v["original"]), "pruned": float(v["value"]),
                "ratio": float(v["ratio"]), "limit": float(v["limit"]), "ok": bool(v["ok"])}
         for name, v in measured.items()
@@ -330,6 +262,7 @@ def prune(
                  "total_s": time.perf_counter() - t0},
         original=original,
         example_input=ex,
+        bound=bound,
     )
 
 
@@ -337,11 +270,6 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
     """Load a model saved by rlprune (``pruned.pt`` of a run or a checkpoint), ready to use."""
     model, _ = train_mod.load_checkpoint(path)
     return model
-
-
-#: Methods that search (their effort is the number of candidate evaluations);
-#: the others compute one policy directly.
-SEARCHING_METHODS = ("cpl", "purl", "amc", "random")
 
 
 def compare(
@@ -364,9 +292,9 @@ def compare(
     """Run several methods on the same model, data split, budget and fine-tune schedule.
 
     Equal search effort: every searching method gets ``episodes`` candidate
-    evaluations. The pruning space (and its importance scores) is built once and
-    shared. ``on_result(result)`` is called as each method finishes. Returns one
-    :class:`PruneResult` per method, in order.
+    evaluations. The budget is bound once and the pruning space (and its importance
+    scores) built once, both shared by every method. ``on_result(result)`` is called
+    as each method finishes. Returns one :class:`PruneResult` per method, in order.
     """
     check_methods(methods)
     _check_model(model)
@@ -374,18 +302,18 @@ def compare(
     budget = budget_for(budget, granularity)
     ex = example_input if example_input is not None else splits.example_input(1)
     original = copy.deepcopy(model).eval()
+    bound = budget.bind(original, ex)
     space = PruningSpace.from_model(original, ex, granularity=granularity, importance=importance,
                                     data=(splits.train.x[:256], splits.train.y[:256]))
     results = []
     for m in methods:
         res = prune(original, splits, budget, method=m, granularity=granularity,
                     example_input=ex, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
-                    search_episodes=episodes if m in SEARCHING_METHODS else None,
+                    episodes=episodes if method_class(m).searching else None,
                     importance=importance, seed=seed, progress=progress,
                     env_kwargs=env_kwargs, method_kwargs=(method_kwargs or {}).get(m),
-                    space=space)
+                    space=space, bound=bound)
         results.append(res)
         if on_result is not None:
             on_result(res)
     return results
-

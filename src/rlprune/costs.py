@@ -747,21 +747,14 @@ class Budget:
         """Each constraint's cost of ``model``, by name."""
         return {c.name: c.cost(model, example_input) for c in self._constraints}
 
-    def limits(
-        self, original: nn.Module, example_input: ExampleInput | None = None
-    ) -> dict[str, float]:
-        """Absolute limits, resolving relative ones against ``original``."""
-        return self.bind(original, example_input).limits
-
     def bind(self, original: nn.Module, example_input: ExampleInput | None = None) -> BoundBudget:
-        """Measure ``original`` once and resolve every limit: the object searches use."""
-        return BoundBudget(self, self.measure(original, example_input), example_input)
+        """Measure ``original`` once and resolve every limit: the object searches use.
 
-    def evaluate(
-        self, model: nn.Module, original: nn.Module, example_input: ExampleInput | None = None
-    ) -> dict[str, dict[str, float | bool]]:
-        """Per constraint: value, original, limit, ratio (value / original) and ok."""
-        return self.bind(original, example_input).evaluate(model)
+        A run binds its budget once, at its start; the :class:`BoundBudget` is then used
+        unchanged by the search, projection and the final check, so a relative limit on
+        a noisy cost (latency) cannot move between them.
+        """
+        return BoundBudget(self, self.measure(original, example_input), example_input)
 
 
 class BoundBudget:
@@ -769,7 +762,9 @@ class BoundBudget:
 
     ``original`` holds the original model's cost values and ``limits`` the absolute
     limits, both by name; ``limit_vector`` is the limits in constraint order. Measuring
-    a candidate costs only the candidate's own cost evaluations.
+    a candidate costs only the candidate's own cost evaluations. :meth:`to_dict` is
+    what a run stores; ``BoundBudget(budget, stored["original"])`` restores it without
+    measuring the original again.
     """
 
     def __init__(
@@ -802,6 +797,11 @@ class BoundBudget:
     def measure(self, model: nn.Module) -> dict[str, float]:
         """Each constraint's cost of ``model``, by name."""
         return self.budget.measure(model, self.example_input)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"budget": text, "original": {name: value}, "limits": {name: value}}``."""
+        return {"budget": str(self.budget), "original": dict(self.original),
+                "limits": dict(self.limits)}
 
     def ratios_of(self, values: Mapping[str, float]) -> np.ndarray:
         """``value_i / limit_i`` in constraint order from already measured values."""

@@ -1,25 +1,25 @@
 """Runs as a user starts them: config files, run directories, resume, the demo.
 
-``rlprune prune`` and ``rlprune compare`` are thin shells over :func:`run_prune`
-and :func:`run_compare`, which take a :class:`RunConfig`. Every CLI flag has a
-config key of the same name (dashes become underscores); flags given on the
-command line override the file; unknown keys are an error naming them.
+A run is a :class:`RunConfig`, read from a YAML file by :func:`load_config` (unknown
+keys and wrong types are an error naming them) and carried out by :func:`run_prune`
+or :func:`run_compare`. How a run is typed lives in :mod:`rlprune.cli`: ``rlprune
+prune`` and ``rlprune compare`` are thin shells over these functions, with one flag
+per config key (dashes for underscores). :func:`pretrain` is the one way a registry
+model is trained from scratch; :func:`pretrained` caches it.
 
 A run directory holds ``config.yaml`` (what was asked), ``log.jsonl`` (one line
 per evaluated candidate, appended and flushed as the search goes) and, at the end,
-the report and exports written by :mod:`rlprune.report`. ``--resume DIR`` reads
-the config and the log back: the search starts again from its seed, and every
-candidate already in the log is replayed from it instead of being evaluated
-again, so an interrupted run (even by ``kill -9``) loses nothing and repeats
-no evaluation.
+the report and exports written by :mod:`rlprune.report`. ``run_prune(cfg,
+resume=True)`` (``rlprune prune --resume DIR``, with the run's own config) reads
+the log back: the search starts again from its seed, and every candidate already
+in the log is replayed from it instead of being evaluated again, so an
+interrupted run (even by ``kill -9``) loses nothing and repeats no evaluation.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RunConfig", "load_config", "run_prune", "run_compare", "demo", "add_cli_commands",
-           "cache_dir", "pretrained"]
+__all__ = ["RunConfig", "load_config", "run_prune", "run_compare", "demo", "cache_dir",
+           "pretrain", "pretrained", "PRETRAIN_LR"]
 
 
 @dataclass
@@ -150,31 +150,66 @@ def cache_dir() -> Path:
     return Path(base) / "rlprune"
 
 
-def pretrained(model_name: str, splits: Any, epochs: int, seed: int = 0,
-               progress: bool = True) -> tuple[Any, dict[str, Any]]:
-    """A registry model trained on ``splits``, cached so every method and run reuses it."""
+#: Learning rate of :func:`pretrain` when none is given.
+PRETRAIN_LR = 0.05
+
+
+def pretrain(model_name: str, splits: Any, epochs: int, lr: float | None = None,
+             batch_size: int = 128, weight_decay: float = 5e-4, seed: int = 0,
+             progress: bool = True) -> tuple[Any, dict[str, Any]]:
+    """Build the registry model ``model_name`` for ``splits`` and train it from scratch.
+
+    The one pretraining path: ``rlprune pretrain`` and the cached :func:`pretrained` both
+    call it. The input channels (and ``lenet300``'s image side) come from the data; the
+    initial weights come from ``seed`` alone, without reseeding the caller's global torch
+    RNG. Returns ``(model, meta)`` with ``meta`` as stored in a checkpoint: dataset,
+    normalisation, input shape, classes, test accuracy, epochs, seed, training seconds
+    and the per-epoch curves.
+    """
     import torch
 
     from rlprune import models, train
 
+    shape = tuple(splits.input_shape)
+    kwargs: dict[str, Any] = {}
+    if str(model_name).lower() == "lenet300" and len(shape) == 3:
+        if shape[1] != shape[2]:
+            raise ValueError(f"lenet300 needs square images, got {shape[1]}x{shape[2]} "
+                             f"from {splits.name}")
+        kwargs["input_size"] = shape[-1]
+    with torch.random.fork_rng(devices=[]):
+        # the CPU generator only: torch.manual_seed would also reseed every CUDA
+        # generator, which fork_rng(devices=[]) does not restore
+        torch.default_generator.manual_seed(seed)
+        model = models.create(model_name, num_classes=splits.num_classes,
+                              in_channels=shape[0] if len(shape) == 3 else 1, **kwargs)
+    t0 = time.perf_counter()
+    curves = train.fit(model, splits, epochs=epochs, lr=PRETRAIN_LR if lr is None else lr,
+                       batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+                       progress=progress, desc=f"pretrain {model_name}")
+    wall = time.perf_counter() - t0
+    acc = train.evaluate(model, splits.test.x, splits.test.y)
+    meta = {"dataset": splits.name, "mean": list(splits.mean), "std": list(splits.std),
+            "input_shape": list(shape), "num_classes": splits.num_classes,
+            "test_accuracy": acc, "epochs": epochs, "seed": seed,
+            "train_seconds": round(wall, 1), "curves": curves}
+    return model, meta
+
+
+def pretrained(model_name: str, splits: Any, epochs: int, seed: int = 0,
+               progress: bool = True) -> tuple[Any, dict[str, Any]]:
+    """:func:`pretrain` with its defaults, cached so every method and run reuses it."""
+    from rlprune import train
+
     path = cache_dir() / f"{model_name}_{splits.name}_e{epochs}_s{seed}.pt"
-
-    def build() -> tuple[Any, dict[str, Any]]:
-        in_ch = splits.input_shape[0] if len(splits.input_shape) == 3 else 1
-        torch.manual_seed(seed)
-        m = models.create(model_name, num_classes=splits.num_classes, in_channels=in_ch)
-        train.fit(m, splits, epochs=epochs, seed=seed, progress=progress,
-                  desc=f"pretrain {model_name}")
-        acc = train.evaluate(m, splits.test.x, splits.test.y)
-        return m, {"dataset": splits.name, "test_accuracy": acc, "epochs": epochs}
-
-    return train.cached(path, build)
+    return train.cached(path, lambda: pretrain(model_name, splits, epochs, seed=seed,
+                                               progress=progress))
 
 
 def _check_names(cfg: RunConfig, methods: list[str]) -> None:
     """Method and reward names, checked before data loading and pretraining (minutes)."""
     from rlprune.agents.base import check_methods
-    from rlprune.env import REWARD_SCHEMES
+    from rlprune.rewards import REWARD_SCHEMES
 
     check_methods(methods)
     if cfg.reward and cfg.reward not in REWARD_SCHEMES:
@@ -198,113 +233,124 @@ def _load_inputs(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
     return model, splits, meta
 
 
-class _Recorder:
-    """Per-episode callback: appends new candidates to log.jsonl, feeds TensorBoard."""
+def _recorder(log_path: Path | None, env: Any, tb_dir: Path | None = None) -> Any:
+    """The run's callback: appends each new candidate to log.jsonl, feeds TensorBoard."""
+    from rlprune.agents.base import Callback
 
-    def __init__(self, log_path: Path | None, env: Any, tb_dir: Path | None = None):
-        self.log_path = log_path
-        self.env = env
-        self.written = len(env.history)
-        self.tb = None
-        if tb_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    class _Recorder(Callback):
+        def __init__(self) -> None:
+            self.written = len(env.history)
+            self.tb = None
+            if tb_dir is not None:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(tb_dir))
-            except Exception:  # tensorboard is an optional extra
-                self.tb = None
+                    self.tb = SummaryWriter(str(tb_dir))
+                except Exception:  # tensorboard is an optional extra
+                    self.tb = None
 
-    def __call__(self, agent: Any, info: dict[str, Any]) -> None:
-        cands = self.env.history.candidates
-        new = cands[self.written:]
-        if self.log_path is not None:
-            from rlprune.report import append_log
+        def on_episode(self, searcher: Any, info: dict[str, Any]) -> None:
+            cands = env.history.candidates
+            new = cands[self.written:]
+            if log_path is not None:
+                from rlprune.runlog import append_log
 
-            for c in new:
-                append_log(self.log_path, c)
-        if self.tb is not None:
-            for c in new:
-                self.tb.add_scalar("search/reward", c.reward, c.index)
-                self.tb.add_scalar("search/accuracy", c.accuracy, c.index)
-                for n, r in zip(self.env.constraint_names, c.cost_ratios):
-                    self.tb.add_scalar(f"cost/{n}", r, c.index)
-                for i, nu in enumerate(c.extra.get("multipliers", []) or []):
-                    self.tb.add_scalar(f"lagrange/nu{i}", nu, c.index)
-        self.written = len(cands)
+                for c in new:
+                    append_log(log_path, c)
+            if self.tb is not None:
+                for c in new:
+                    self.tb.add_scalar("search/reward", c.reward, c.index)
+                    self.tb.add_scalar("search/accuracy", c.accuracy, c.index)
+                    for n, r in zip(env.constraint_names, c.cost_ratios):
+                        self.tb.add_scalar(f"cost/{n}", r, c.index)
+                    for i, nu in enumerate(c.extra.get("multipliers", []) or []):
+                        self.tb.add_scalar(f"lagrange/nu{i}", nu, c.index)
+            self.written = len(cands)
+
+    return _Recorder()
 
 
 def _read_log(path: Path) -> list[Any]:
     """Candidates of a log.jsonl (none if absent); a torn last line is dropped."""
-    from rlprune.report import read_log
+    from rlprune.runlog import read_log
 
     return read_log(path).candidates if path.is_file() else []
 
 
 def _save_config(run_dir: Path, cfg: RunConfig, command: str) -> None:
-    from rlprune.train import atomic_write_bytes
+    from rlprune.fileio import atomic_write_bytes
 
     body = dataclasses.asdict(cfg)
     body["_command"] = command
     atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(body, sort_keys=False).encode())
 
 
+#: The bound budget of a run directory: every limit resolved once, at the run's start.
+BUDGET_FILE = "budget.json"
+
+
+def _bound_budget(cfg: RunConfig, model: Any, ex: Any, run_dir: Path | None,
+                  resume: bool) -> Any:
+    """The run's budget, bound once: from ``budget.json`` when resuming, else measured."""
+    import json
+
+    from rlprune.api import budget_for
+    from rlprune.costs import BoundBudget, Budget
+
+    budget = budget_for(Budget.parse(cfg.budget or ""), cfg.granularity)
+    path = None if run_dir is None else run_dir / BUDGET_FILE
+    if resume and path is not None and path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("budget") != str(budget):
+            raise ValueError(f"{path} binds {stored.get('budget')!r}, not the run's budget "
+                             f"{str(budget)!r}")
+        return BoundBudget(budget, stored["original"], ex)
+    return budget.bind(model, ex)
+
+
 def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
-    """Prune as configured, write the run directory, return the ``PruneResult``."""
+    """Prune as configured, write the run directory, return the ``PruneResult``.
+
+    The budget is bound once at the start and stored in ``budget.json``; a resumed run
+    reads it back instead of measuring the original model again, and replays the
+    candidates of ``log.jsonl``.
+    """
     from rlprune import api, report
-    from rlprune.costs import Budget
+    from rlprune.fileio import atomic_write_json
     from rlprune.history import History
 
     cfg.validate()
-    budget = Budget.parse(cfg.budget or "")
     _check_names(cfg, [cfg.method])
     model, splits, _ = _load_inputs(cfg)
     run_dir = Path(cfg.out) if cfg.out else None
     log_path = None if run_dir is None else run_dir / "log.jsonl"
     replay: list[Any] = _read_log(log_path) if (resume and log_path is not None) else []
-
-    env_kwargs = _env_kwargs(cfg)
-    history = History(replay)
-    env_kwargs["history"] = history
-    holder: dict[str, Any] = {}
-
-    def callback(agent: Any, info: dict[str, Any]) -> None:
-        rec = holder.get("rec")
-        if rec is None:
-            return
-        rec(agent, info)
-
-    # The recorder needs the env, which prune() builds; a space built here is shared.
-    from rlprune.space import PruningSpace
-
     ex = splits.example_input(1)
-    space = PruningSpace.from_model(model, ex, granularity=cfg.granularity,
-                                    importance=cfg.importance,
-                                    data=(splits.train.x[:256], splits.train.y[:256]))
-    env_probe = api.make_env(model, splits, budget, cfg.method, cfg.granularity,
-                             cfg.importance, ex, space, cfg.seed, **env_kwargs)
+    bound = _bound_budget(cfg, model, ex, run_dir, resume)
+    env = api.make_env(model, splits, bound, cfg.method, cfg.granularity, cfg.importance, ex,
+                       seed=cfg.seed, history=History(replay), **_env_kwargs(cfg))
     if replay:
-        env_probe.enable_replay()
+        env.evaluator.enable_replay()
     # an unreachable budget is an error now, not after the whole search (and before the
     # run directory is written): the most aggressive pruning allowed must fit
-    env_probe.project(env_probe.space.max_policy())
+    env.evaluator.project(env.space.max_policy())
     if run_dir is not None and log_path is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             # rewrite the log without a torn tail line
-            from rlprune.report import write_log
+            from rlprune.runlog import write_log
 
             write_log(log_path, replay)
         else:
             if log_path.exists():
                 log_path.unlink()
             _save_config(run_dir, cfg, command)
-    holder["rec"] = _Recorder(log_path, env_probe,
-                              run_dir / "tb" if (cfg.tensorboard and run_dir) else None)
-    result = api.prune(model, splits, budget, method=cfg.method, granularity=cfg.granularity,
-                       example_input=ex, finetune_epochs=cfg.finetune_epochs,
-                       finetune_lr=cfg.finetune_lr, distill=cfg.distill,
-                       search_episodes=cfg.episodes, importance=cfg.importance, seed=cfg.seed,
-                       progress=not cfg.quiet, env=env_probe, callback=callback)
+        atomic_write_json(run_dir / BUDGET_FILE, bound.to_dict())
+    recorder = _recorder(log_path, env, run_dir / "tb" if (cfg.tensorboard and run_dir) else None)
+    result = api.prune(model, splits, bound.budget, method=cfg.method,
+                       granularity=cfg.granularity, finetune_epochs=cfg.finetune_epochs,
+                       finetune_lr=cfg.finetune_lr, distill=cfg.distill, episodes=cfg.episodes,
+                       seed=cfg.seed, progress=not cfg.quiet, env=env, callback=recorder)
     if run_dir is not None:
         report.write_run(run_dir, result, data_name=splits.name, command=command,
                          config=dataclasses.asdict(cfg), example_input=ex,
@@ -367,37 +413,6 @@ def demo(out: str = "runs/demo", quiet: bool = False, episodes: int = 40) -> int
     return 0
 
 
-# -------------------------------------------------------------------------------- CLI
-_FLAG_HELP = {
-    "model": "registry model to pretrain (cached) when no --checkpoint is given",
-    "checkpoint": "checkpoint to prune (written by `rlprune pretrain` or save_checkpoint)",
-    "data": "dataset: digits, mnist, cifar10, cifar100",
-    "data_dir": "folder with the dataset files (default: $RLPRUNE_DATA)",
-    "budget": 'constraints, e.g. "params<=0.1" or "flops<=50%,latency_ms<=2"',
-    "method": "search method: cpl, purl, amc, uniform, random, global",
-    "methods": "comma-separated methods to compare",
-    "granularity": "channel (physically smaller) or weight (unstructured zeros)",
-    "importance": "channel/weight importance: l1, l2, random, taylor, bn_scale",
-    "episodes": "candidate evaluations per searching method",
-    "finetune_epochs": "epochs of fine-tuning after pruning",
-    "finetune_lr": "learning rate of the fine-tune",
-    "distill": "distil from the unpruned model while fine-tuning",
-    "search_finetune_steps": "SGD steps of fine-tuning of each candidate during the search",
-    "reward": "reward scheme: terminal_accuracy, neg_error_log_flops, dense",
-    "reward_samples": "score candidates on the first N reward-split samples only",
-    "dense_samples": "samples scoring the per-layer rewards of dense schemes (purl; "
-                     "default 1000)",
-    "reward_fraction": "fraction of the training set held out as the reward split",
-    "pretrain_epochs": "epochs when pretraining a registry --model",
-    "seed": "random seed (the run is reproducible from it)",
-    "out": "run directory to write",
-    "quiet": "no progress bars",
-    "onnx": "export pruned.onnx (checked with onnxruntime)",
-    "plots": "write the PNG plots",
-    "tensorboard": "log TensorBoard scalars (needs the tensorboard extra)",
-}
-
-
 def _env_kwargs(cfg: RunConfig) -> dict[str, Any]:
     """The environment options a run config sets (the rest keep the env's defaults)."""
     kw: dict[str, Any] = {"finetune_steps": cfg.search_finetune_steps,
@@ -408,77 +423,3 @@ def _env_kwargs(cfg: RunConfig) -> dict[str, Any]:
         kw["reward"] = cfg.reward
     return kw
 
-
-def _add_config_flags(p: argparse.ArgumentParser, compare: bool) -> None:
-    p.add_argument("--config", help="YAML file with any of the settings below")
-    for name, f in _FIELDS.items():
-        if name == ("method" if compare else "methods"):
-            continue
-        flag = "--" + name.replace("_", "-")
-        helptext = _FLAG_HELP.get(name, "")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=helptext)
-        elif name == "methods":
-            p.add_argument(flag, default=None, help=helptext,
-                           type=lambda s: [m.strip() for m in s.split(",") if m.strip()])
-        else:
-            typ = {"int": int, "float": float}.get(str(f.type).replace(" | None", ""), str)
-            p.add_argument(flag, type=typ, default=None, help=helptext)
-
-
-def _config_from_args(args: argparse.Namespace) -> RunConfig:
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_config(args.config))
-    for name in _FIELDS:
-        v = getattr(args, name, None)
-        if v is not None:
-            values[name] = v
-    return RunConfig(**values)
-
-
-def _command_line(args: argparse.Namespace) -> str:
-    """The command as typed, quoted so that it can be pasted back into a shell."""
-    return "rlprune " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
-
-
-def _cmd_prune(args: argparse.Namespace) -> int:
-    command = _command_line(args)
-    if args.resume:
-        run_dir = Path(args.resume)
-        cfg_path = run_dir / "config.yaml"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"cannot resume: {cfg_path} not found (is {run_dir} a "
-                                    "run directory written by `rlprune prune --out`?)")
-        raw = yaml.safe_load(cfg_path.read_text()) or {}
-        raw.pop("_command", None)
-        cfg = RunConfig(**raw)
-        cfg.out = str(run_dir)
-        if args.quiet:
-            cfg.quiet = True
-        res = run_prune(cfg, resume=True, command=command)
-    else:
-        cfg = _config_from_args(args)
-        res = run_prune(cfg, command=command)
-    print(res.summary())
-    if cfg.out:
-        print(f"run directory: {cfg.out}")
-    return 0
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    run_compare(_config_from_args(args), command=_command_line(args))
-    return 0
-
-
-def add_cli_commands(sub: Any) -> None:
-    """Register ``prune`` and ``compare`` on the CLI's sub-command parser."""
-    p = sub.add_parser("prune", help="prune a model to fit a budget and write a run directory")
-    _add_config_flags(p, compare=False)
-    p.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue an interrupted run from its directory")
-    p.set_defaults(handler=_cmd_prune)
-    p = sub.add_parser("compare", help="run several methods side by side on one budget")
-    _add_config_flags(p, compare=True)
-    p.set_defaults(handler=_cmd_compare)

@@ -45,7 +45,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from rlprune.costs import BoundBudget, Budget, BudgetInfeasibleError, ExampleInput, layer_macs
+from rlprune.costs import BoundBudget, BudgetInfeasibleError, ExampleInput, layer_macs
 
 __all__ = [
     "PruningSpace",
@@ -882,15 +882,17 @@ def _group_scores(
 
 
 # ------------------------------------------------------------ budget projection
-def _bind(
-    budget: Budget | BoundBudget | str, model: nn.Module, example_input: ExampleInput | None
-) -> BoundBudget:
-    if isinstance(budget, BoundBudget):
-        return budget
-    return Budget.coerce(budget).bind(model, example_input)
+def _bound(budget: BoundBudget) -> BoundBudget:
+    """``budget`` itself; anything else is an error (limits are resolved once, by the caller)."""
+    if not isinstance(budget, BoundBudget):
+        raise TypeError(
+            "expected a BoundBudget, whose limits are resolved once per run: use "
+            f"Budget.parse(...).bind(model, example_input), got {type(budget).__name__}"
+        )
+    return budget
 
 
-class _Evaluator:
+class _CostProbe:
     """Measures policies on pruned copies, caching by the removal counts they produce."""
 
     def __init__(self, space: PruningSpace, model: nn.Module, bound: BoundBudget):
@@ -939,8 +941,7 @@ def project(
     space: PruningSpace,
     model: nn.Module,
     policy: Sequence[float] | np.ndarray,
-    budget: Budget | BoundBudget | str,
-    example_input: ExampleInput | None = None,
+    budget: BoundBudget,
     iterations: int = 16,
 ) -> np.ndarray:
     """The nearest feasible policy, measured on the pruned model itself.
@@ -950,14 +951,14 @@ def project(
     and the smallest ``t`` that meets every constraint is found by bisection; the
     feasible end is returned. Costs are monotone in ``t`` for size costs, and for noisy
     costs (latency) the answer is measured once more and pushed further toward ``max``
-    if it fails. Pass a :class:`BoundBudget` to reuse the original's measured values.
+    if it fails. ``budget`` is bound: its limits are absolute and never re-measured.
 
     Raises :class:`BudgetInfeasibleError` naming each failing cost, its smallest
     reachable value and its limit if even ``max_policy()`` does not fit.
     """
-    bound = _bind(budget, model, example_input)
+    bound = _bound(budget)
     p = space.check_policy(policy)
-    ev = _Evaluator(space, model, bound)
+    ev = _CostProbe(space, model, bound)
     if ev.ok(p):
         return p
     pmax = space.max_policy()
@@ -989,7 +990,7 @@ def bisect_boundary(ok: Callable[[float], bool], iterations: int = 16) -> float:
 
 
 def _confirm(
-    ev: _Evaluator, at: Callable[[float], np.ndarray], t: float, bound: BoundBudget
+    ev: _CostProbe, at: Callable[[float], np.ndarray], t: float, bound: BoundBudget
 ) -> np.ndarray:
     """Re-measure a noisy answer; step toward the most aggressive end until it holds."""
     if not bound.noisy:
@@ -1011,8 +1012,7 @@ def _confirm(
 def uniform_policy(
     space: PruningSpace,
     model: nn.Module,
-    budget: Budget | BoundBudget | str,
-    example_input: ExampleInput | None = None,
+    budget: BoundBudget,
     iterations: int = 20,
 ) -> np.ndarray:
     """One ratio ``r`` for every entry (capped at each ``max_ratio``) that just meets the budget.
@@ -1022,9 +1022,9 @@ def uniform_policy(
     zeros when the unpruned model already fits; raises :class:`BudgetInfeasibleError`
     when even the most aggressive policy does not.
     """
-    bound = _bind(budget, model, example_input)
+    bound = _bound(budget)
     pmax = space.max_policy()
-    ev = _Evaluator(space, model, bound)
+    ev = _CostProbe(space, model, bound)
 
     def at(t: float) -> np.ndarray:
         return np.minimum(t * float(pmax.max()), pmax)

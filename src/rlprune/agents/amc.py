@@ -38,8 +38,7 @@ AMC's ``neg_error_log_flops``) is chosen on the env (``reward=``).
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
@@ -49,12 +48,11 @@ from stable_baselines3 import DDPG
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.utils import update_learning_rate
 
-from rlprune.agents.base import SearchResult, finish, make_config, register_method
-from rlprune.agents.purl import EpisodeCallback, EpisodeRecorder
+from rlprune.agents.base import Searcher, make_config, preserve_global_rng, register_method
+from rlprune.agents.sb3 import EpisodeHook
 from rlprune.space import bisect_boundary
 
 if TYPE_CHECKING:
-    from rlprune.costs import Budget
     from rlprune.env import PruningEnv
 
 __all__ = ["AMC", "AMCConfig", "ActionWall", "TruncatedNormalDecayNoise"]
@@ -91,8 +89,9 @@ class ActionWall(gym.Wrapper):
                  enabled: bool = True):
         super().__init__(env)
         base = env.unwrapped
-        if not callable(getattr(base, "cost_ratios", None)):
-            raise TypeError("ActionWall needs an env with cost_ratios(policy), such as PruningEnv")
+        self._measurer = getattr(base, "evaluator", base)
+        if not callable(getattr(self._measurer, "cost_ratios", None)):
+            raise TypeError("ActionWall needs a PruningEnv (or an env with cost_ratios(policy))")
         if getattr(base, "levels", None) is not None or not isinstance(base.action_space,
                                                                        spaces.Box):
             raise ValueError("ActionWall needs an env with continuous actions "
@@ -110,7 +109,7 @@ class ActionWall(gym.Wrapper):
         self.enabled = bool(enabled)
         self.action_space = spaces.Box(self.min_preserve, 1.0, (1,), np.float32)
         self.measurements = 0
-        bound = getattr(base, "bound", None)
+        bound = getattr(self._measurer, "bound", None)
         self._use_cache = not bool(getattr(bound, "noisy", False))
         space = getattr(base, "space", None)
         self._removed = getattr(space, "removed", None)
@@ -132,7 +131,7 @@ class ActionWall(gym.Wrapper):
             if key in self._cache:
                 return self._cache[key]
         self.measurements += 1
-        ok = bool(np.all(np.asarray(self.env.unwrapped.cost_ratios(policy)) <= 1.0))
+        ok = bool(np.all(np.asarray(self._measurer.cost_ratios(policy)) <= 1.0))
         if key is not None:
             if len(self._cache) > 100_000:
                 self._cache.clear()
@@ -238,7 +237,7 @@ class TruncatedNormalDecayNoise(ActionNoise):
 # --------------------------------------------------------------------------------------
 
 
-class _AMCRecorder(EpisodeRecorder):
+class _AMCHook(EpisodeHook):
     """Episode bookkeeping plus AMC's reward rewrite of each finished episode.
 
     SB3 calls ``_on_step`` before it stores the transition, so the rewrite waits for
@@ -246,9 +245,9 @@ class _AMCRecorder(EpisodeRecorder):
     episode, every transition of it is stored by then, and no gradient step has used it.
     """
 
-    def __init__(self, agent: AMC, env: PruningEnv, total_episodes: int, start_time: float,
-                 noise: TruncatedNormalDecayNoise, baseline_alpha: float):
-        super().__init__(agent, env, total_episodes, start_time, desc=agent.name)
+    def __init__(self, searcher: AMC, env: PruningEnv, noise: TruncatedNormalDecayNoise,
+                 baseline_alpha: float):
+        super().__init__(searcher, env)
         self.noise = noise
         self.alpha = float(baseline_alpha)
         self.baseline: float | None = None
@@ -268,7 +267,7 @@ class _AMCRecorder(EpisodeRecorder):
         self.walled += int(bool(info.get("walled", False)))
         return super()._on_step()
 
-    def episode_info(self, info: dict[str, Any]) -> dict[str, Any]:
+    def episode_info(self, info: dict[str, Any]) -> dict[str, float]:
         final = self.step_rewards[-1]
         base = final if self.baseline is None else self.baseline
         advantage = final - base
@@ -322,8 +321,13 @@ class AMCConfig:
     warmup_episodes: int | None = None
     """Episodes of uniformly random actions before learning; ``None`` means
     ``min(100, episodes // 4)`` (AMC: 100 of 800)."""
-    min_preserve: float = 0.2
-    """Lowest preserve ratio the agent can ask for (AMC's action range [0.2, 1])."""
+    min_preserve: float | None = None
+    """Lowest preserve ratio the agent can ask for. AMC's action range is [0.2, 1], but
+    0.2 cannot reach a budget tighter than keeping 20% of every layer (every episode
+    would hit the same walled policy), so ``None`` (default) means
+    ``min(0.2, (1 - r) / 2)`` with ``r`` the one prune ratio for every layer that just
+    meets the budget: every layer may go to half the uniform keep ratio. Set 0.2 for
+    the published setting."""
     hidden_sizes: tuple[int, ...] = (300, 300)
     actor_lr: float = 1e-4
     critic_lr: float = 1e-3
@@ -343,7 +347,7 @@ class AMCConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_preserve < 1.0:
+        if self.min_preserve is not None and not 0.0 <= self.min_preserve < 1.0:
             raise ValueError(f"min_preserve must be in [0, 1), got {self.min_preserve}")
         if not 0.0 <= self.baseline_alpha < 1.0:
             raise ValueError(f"baseline_alpha must be in [0, 1), got {self.baseline_alpha}")
@@ -352,44 +356,39 @@ class AMCConfig:
 
 
 @register_method("amc")
-class AMC:
+class AMC(Searcher):
     """DDPG over preserve ratios with the action wall (method id ``amc``).
 
     ``AMC(episodes=800).search(env)`` runs ``episodes`` complete episodes (each one a
     candidate evaluation) on a continuous-action env and returns the best feasible
-    policy the env evaluated (projected onto the budget by
-    :func:`~rlprune.agents.base.finish`). ``reward`` only documents the scheme the env
-    must use (``terminal_accuracy`` or ``neg_error_log_flops``): the env's ``reward``
-    decides, and a mismatch is an error. Keyword ``overrides`` are fields of
-    :class:`AMCConfig`. ``callback(agent, info)`` is called after every episode. A
-    ``KeyboardInterrupt`` ends the search early and keeps what was evaluated.
+    policy the env evaluated. ``reward`` only documents the scheme the env must use
+    (``terminal_accuracy`` or ``neg_error_log_flops``): the env's ``reward`` decides,
+    and a mismatch is an error. Keyword ``overrides`` are fields of :class:`AMCConfig`;
+    the other arguments are :class:`~rlprune.agents.base.Searcher`'s.
     """
 
-    name = "amc"
+    default_episodes = 800
 
-    def __init__(self, episodes: int = 800, seed: int = 0, progress: bool = True,
-                 reward: str | None = None, config: AMCConfig | None = None,
-                 **overrides: Any):
-        if int(episodes) < 1:
-            raise ValueError(f"episodes must be >= 1, got {episodes!r}")
+    def __init__(self, episodes: int | None = None, seed: int = 0, progress: bool = True,
+                 callback: Any = None, refine: bool = False, reward: str | None = None,
+                 config: AMCConfig | None = None, **overrides: Any):
+        super().__init__(episodes, seed, progress, callback, refine)
         self.config: AMCConfig = make_config(AMCConfig, config, overrides, "amc")
-        self.episodes = int(episodes)
-        self.seed = int(seed)
-        self.progress = progress
         self.reward = reward
-        self.callback: EpisodeCallback | None = None
+        self.min_preserve = 0.2 if self.config.min_preserve is None else self.config.min_preserve
         self.model: _DDPG | None = None
         self.wall: ActionWall | None = None
         self.noise: TruncatedNormalDecayNoise | None = None
-        self.recorder: _AMCRecorder | None = None
+        self.recorder: _AMCHook | None = None
 
     def warmup_episodes(self) -> int:
         """Random-action episodes before learning (see :class:`AMCConfig`)."""
         w = self.config.warmup_episodes
         return min(100, self.episodes // 4) if w is None else max(0, int(w))
 
-    def build(self, env: PruningEnv) -> _DDPG:
-        """The wall-wrapped env, the noise and the SB3 ``DDPG`` model for ``env``."""
+    def configure(self, env: PruningEnv) -> None:
+        """Check the env; resolve the preserve floor (``min_preserve=None``, see
+        :class:`AMCConfig`) from the budget."""
         if getattr(env, "levels", None) is not None:
             raise ValueError("amc needs an env with continuous actions: build it with "
                              "PruningEnv(..., action='continuous') (the default)")
@@ -399,12 +398,20 @@ class AMC:
                 f"amc was asked for reward {self.reward!r} but the env uses {name!r}; the env "
                 f"decides: build it with reward={self.reward!r} (env_kwargs in rlprune.prune)"
             )
+        floor = self.config.min_preserve
+        if floor is None:
+            ev = getattr(env, "evaluator", None)
+            floor = 0.2 if ev is None else min(0.2, (1.0 - ev.uniform_ratio()) / 2.0)
+        self.min_preserve = float(floor)
+
+    def build(self, env: PruningEnv) -> _DDPG:
+        """The wall-wrapped env, the noise and the SB3 ``DDPG`` model for ``env``."""
         cfg = self.config
         T = int(env.T)
         warm = self.warmup_episodes()
-        self.wall = ActionWall(env, cfg.min_preserve, cfg.bisect_iters, enabled=cfg.wall)
+        self.wall = ActionWall(env, self.min_preserve, cfg.bisect_iters, enabled=cfg.wall)
         self.noise = TruncatedNormalDecayNoise(cfg.noise_sigma, cfg.noise_decay, warm,
-                                               cfg.min_preserve, 1.0, seed=self.seed)
+                                               self.min_preserve, 1.0, seed=self.seed)
         buffer = max(self.episodes * T, T) if cfg.buffer_size is None else int(cfg.buffer_size)
         if buffer < T:
             raise ValueError(f"buffer_size must hold at least one episode ({T}), got {buffer}")
@@ -429,27 +436,20 @@ class AMC:
         update_learning_rate(model.actor.optimizer, model.actor_lr)
         return model
 
-    def search(self, env: PruningEnv, budget: Budget | None = None) -> SearchResult:
-        """Train DDPG behind the action wall for ``episodes`` episodes on ``env``.
+    def _run(self, env: PruningEnv) -> None:
+        """Train DDPG behind the action wall for ``episodes`` episodes on ``env``."""
+        with preserve_global_rng():
+            self.model = self.build(env)
+            assert self.noise is not None
+            self.recorder = _AMCHook(self, env, self.noise, self.config.baseline_alpha)
+            self.model.learn(total_timesteps=self.episodes * int(env.T), callback=self.recorder)
 
-        ``budget`` is accepted for the common interface and ignored: the constraints
-        live in the env.
-        """
-        start_time = time.perf_counter()
-        self.model = self.build(env)
-        assert self.noise is not None and self.wall is not None
-        rec = _AMCRecorder(self, env, self.episodes, start_time, self.noise,
-                           self.config.baseline_alpha)
-        self.recorder = rec
-        interrupted = rec.learn(self.model, self.episodes * int(env.T))
-        return finish(
-            self.name, env, start_time,
-            **rec.result_extra(),
-            interrupted=interrupted,
-            timesteps=int(self.model.num_timesteps),
-            warmup_episodes=self.warmup_episodes(),
-            wall_measurements=self.wall.measurements,
-            reward_scheme=getattr(env, "reward_name", None),
-            baseline=rec.baseline,
-            config=asdict(self.config),
-        )
+    def _result_extra(self, env: PruningEnv) -> dict[str, Any]:
+        return {
+            "timesteps": 0 if self.model is None else int(self.model.num_timesteps),
+            "warmup_episodes": self.warmup_episodes(),
+            "min_preserve": self.min_preserve,
+            "wall_measurements": 0 if self.wall is None else self.wall.measurements,
+            "reward_scheme": getattr(env, "reward_name", None),
+            "baseline": None if self.recorder is None else self.recorder.baseline,
+        }

@@ -9,23 +9,20 @@
   global pruning does), with the global threshold found by bisection so that the
   budget is just met.
 
-Each evaluates its candidates through ``env.evaluate_policy`` so that the history,
-the cache and the accounting are the same as for the RL agents.
+Each scores its candidates with the env's evaluator (``env.evaluator``), so that the
+history, the cache and the accounting are the same as for the RL agents.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from rlprune.agents.base import SearchResult, finish, register_method
-from rlprune.costs import Budget, BudgetInfeasibleError
+from rlprune.agents.base import Searcher, register_method
+from rlprune.costs import BudgetInfeasibleError
 from rlprune.env import PruningEnv
-from rlprune.space import bisect_boundary, uniform_policy
+from rlprune.space import bisect_boundary
 
 __all__ = ["Uniform", "RandomSearch", "GlobalThreshold", "bisect_feasible"]
 
@@ -53,80 +50,51 @@ def bisect_feasible(
                                        iters))
 
 
-class _Base:
-    name = "base"
-
-    def __init__(self, episodes: int = 1, seed: int = 0, progress: bool = True, **_: Any):
-        self.episodes = int(episodes)
-        self.seed = seed
-        self.progress = progress
-        self.callback: Callable[[Any, dict[str, Any]], None] | None = None
-
-    def _notify(self, env: PruningEnv, cand: Any) -> None:
-        if self.callback is not None:
-            self.callback(self, {"episode": cand.episode, "candidate": cand,
-                                 "best": env.history.best})
-
-
 @register_method("uniform")
-class Uniform(_Base):
+class Uniform(Searcher):
     """One ratio for every layer, the tightest constraint just met."""
 
-    name = "uniform"
+    default_episodes = 1
+    searching = False
 
-    def search(self, env: PruningEnv, budget: Budget | None = None) -> SearchResult:
-        start = time.perf_counter()
-        policy = np.minimum(
-            uniform_policy(env.space, env.model, env.bound, env.example_input),
-            env.max_ratios,
-        )
-        policy = env.project(policy)
-        cand = env.evaluate_policy(policy, episode=0)
-        self._notify(env, cand)
-        return finish(self.name, env, start)
+    def _run(self, env: PruningEnv) -> None:
+        ev = env.evaluator
+        policy = ev.project(np.minimum(ev.uniform_policy(), env.max_ratios))
+        ev.evaluate(policy, episode=0)
+        self._episode_end(env, float("nan"))
 
 
 @register_method("random")
-class RandomSearch(_Base):
+class RandomSearch(Searcher):
     """Random policies projected onto the budget; the best on the reward split wins.
 
     Each policy draws a global level ``g ~ U(0, 1)`` and per-layer ratios
     ``U(0, 2g) * max_ratio`` (clipped), so the samples cover light and heavy pruning.
     """
 
-    name = "random"
+    default_episodes = 50
 
-    def __init__(self, episodes: int = 50, seed: int = 0, progress: bool = True, **kw: Any):
-        super().__init__(episodes, seed, progress, **kw)
-
-    def search(self, env: PruningEnv, budget: Budget | None = None) -> SearchResult:
-        start = time.perf_counter()
+    def _run(self, env: PruningEnv) -> None:
+        ev = env.evaluator
         rng = np.random.default_rng(self.seed)
-        bar = tqdm(range(self.episodes), desc="random", disable=not self.progress, leave=False)
-        try:
-            for ep in bar:
-                g = rng.uniform(0.0, 1.0)
-                raw = np.clip(rng.uniform(0.0, 2 * g, size=env.T), 0.0, 1.0) * env.max_ratios
-                cand = env.evaluate_policy(env.project(raw), episode=ep)
-                self._notify(env, cand)
-                best = env.history.best
-                if best is not None:
-                    bar.set_postfix(best=f"{best.reward:.4f}")
-        except KeyboardInterrupt:
-            return finish(self.name, env, start, interrupted=True)
-        return finish(self.name, env, start)
+        for ep in range(self.episodes):
+            g = rng.uniform(0.0, 1.0)
+            raw = np.clip(rng.uniform(0.0, 2 * g, size=env.T), 0.0, 1.0) * env.max_ratios
+            cand = ev.evaluate(ev.project(raw), episode=ep)
+            self._episode_end(env, cand.reward)
 
 
 @register_method("global")
-class GlobalThreshold(_Base):
+class GlobalThreshold(Searcher):
     """One global importance threshold across layers, bisected onto the budget."""
 
-    name = "global"
+    default_episodes = 1
+    searching = False
 
-    def search(self, env: PruningEnv, budget: Budget | None = None) -> SearchResult:
-        start = time.perf_counter()
+    def _run(self, env: PruningEnv) -> None:
+        ev = env.evaluator
         scores = [np.sort(np.asarray(s, dtype=np.float64).ravel())
-                  for s in env.space.global_scores()]
+                  for s in ev.space.global_scores()]
         allv = np.sort(np.concatenate(scores))
         caps = env.max_ratios
 
@@ -143,8 +111,6 @@ class GlobalThreshold(_Base):
             # layer sits at its cap, the most aggressive policy allowed.
             return policy_at(level) if level < 1.0 else caps.copy()
 
-        policy = bisect_feasible(feasible_caps, env.cost_ratios)
-        policy = env.project(policy)
-        cand = env.evaluate_policy(policy, episode=0)
-        self._notify(env, cand)
-        return finish(self.name, env, start)
+        policy = ev.project(bisect_feasible(feasible_caps, ev.cost_ratios))
+        cand = ev.evaluate(policy, episode=0)
+        self._episode_end(env, cand.reward)

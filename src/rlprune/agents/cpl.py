@@ -23,12 +23,11 @@ Choices worth knowing (each documented where it is made):
   bound (it does, since keeping everything maximises accuracy until ``nu`` catches
   up), every sample maps to the same action, advantages vanish and the policy
   never comes back.
-* A rollout is ``rollout_steps`` rounded *up* to whole episodes; with
-  ``min_updates > 0`` it is shortened for short searches so that at least that many
-  updates happen (``rlprune.prune`` uses 4). Pruning episodes
+* A rollout is ``rollout_steps`` rounded *up* to whole episodes, shortened for short
+  searches so that at least ``min_updates`` (default 4) updates happen. Pruning episodes
   have a fixed length ``T`` and all reward/cost arrives at the last step, so a cut
   episode would only add bootstrap noise; whole episodes also make every rollout
-  boundary an episode boundary, which is where checkpoints are taken.
+  boundary an episode boundary.
 * The multipliers move by projected gradient ascent ``nu <- max(0, nu + lr (J_c - d))``
   (or a PID controller, Stooke et al. 2020), never by Adam on a scalar, which
   would move by about ``lr`` whatever the size of the violation.
@@ -41,29 +40,26 @@ Choices worth knowing (each documented where it is made):
   ``nu * std(A_r)``, which shrinks as the policy concentrates, and on the toy MDPs
   ``nu`` grew without bound while the cost stayed at twice its limit.
 * The agent owns its random generators (torch and numpy), so a run is reproducible
-  from ``seed`` without touching global RNG state, and resumable from
-  :meth:`CPL.state_dict`.
+  from ``seed`` without touching global RNG state. A run is resumed by replaying its
+  log (the same seed proposes the same candidates; see ``rlprune.pipeline``), so no
+  agent state is saved.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from rlprune.agents.base import SearchResult, finish, make_config, register_method
+from rlprune.agents.base import Searcher, make_config, register_method
 
 if TYPE_CHECKING:
-    from rlprune.costs import Budget
     from rlprune.env import PruningEnv
 
 __all__ = [
@@ -104,8 +100,11 @@ class CPLConfig:
     learning_rate: float = 3e-4
     """Adam step size of the policy and of the critics (two separate optimisers)."""
     rollout_steps: int = 128
-    min_updates: int = 0  # > 0: shrink rollouts of short searches to give this many updates
-    """Steps per rollout, rounded up to whole episodes."""
+    """Steps per rollout, rounded up to whole episodes (the authors' 128)."""
+    min_updates: int = 4
+    """Shorten the rollouts of a short search so that at least this many policy and
+    multiplier updates happen (0: the authors' rollouts whatever the search length; a
+    40-episode search of a 3-layer model would then never update)."""
     minibatch_size: int = 64
     update_epochs: int = 10
     target_kl: float | None = 0.1
@@ -243,19 +242,6 @@ class PIDLagrangian:
         self.nu = np.maximum(0.0, self.kp * delta + self.ki * self.integral + self.kd * deriv)
         return self.nu.copy()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "integral": self.integral.tolist(),
-            "prev_cost": None if self.prev_cost is None else self.prev_cost.tolist(),
-            "nu": self.nu.tolist(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.integral = np.asarray(state["integral"], dtype=np.float64)
-        prev = state["prev_cost"]
-        self.prev_cost = None if prev is None else np.asarray(prev, dtype=np.float64)
-        self.nu = np.asarray(state["nu"], dtype=np.float64)
-
 
 def ppo_lagrangian_policy_loss(
     new_logp: torch.Tensor,
@@ -369,54 +355,31 @@ class Critics(nn.Module):
 # The agent
 # --------------------------------------------------------------------------------------
 
-EpisodeHook = Callable[["CPL", dict[str, Any]], None]
-
 
 @register_method("cpl")
-class CPL:
+class CPL(Searcher):
     """PPO-Lagrangian pruning search (method id ``cpl``).
 
     ``CPL(episodes=300, seed=0).search(env)`` trains on ``env`` for ``episodes``
-    episodes and returns the best feasible policy the env evaluated (see
-    :func:`rlprune.agents.base.finish`). Hyperparameters come from ``config`` and
-    keyword ``overrides`` (field names of :class:`CPLConfig`).
-
-    Hooks: ``on_episode(agent, info)`` (also settable as ``agent.callback``, like the
-    other methods) after every episode, with ``info`` keys ``episode`` (0-based),
-    ``reward`` (= ``return``), ``costs`` (ratios), ``multipliers`` (those in force
-    during the episode), ``feasible``, ``accuracy``, ``timesteps``, ``best_reward``,
-    ``best`` and ``candidate`` (the episode's :class:`~rlprune.history.Candidate`);
-    ``on_rollout(agent, info)`` after every update, the freshest point to checkpoint.
-    :meth:`state_dict` may be called anywhere: it returns the state at the last
-    rollout boundary.
-
-    ``extra["curves"]`` of the result holds one value per episode under ``episode``,
-    ``return``, ``accuracy``, ``feasible``, ``cost/<name>`` and ``multiplier/<name>``.
+    episodes and returns the best feasible policy the env evaluated. Hyperparameters
+    come from ``config`` and keyword ``overrides`` (field names of :class:`CPLConfig`);
+    the other arguments are :class:`~rlprune.agents.base.Searcher`'s. Callbacks get,
+    besides the common entries, ``costs`` (the episode's cost ratios), ``multipliers``
+    (those in force during the episode) and ``timesteps``. ``extra["curves"]`` of the
+    result adds ``multiplier/<name>`` to the common curves.
     """
 
-    name = "cpl"
+    default_episodes = 300
 
-    def __init__(
-        self,
-        config: CPLConfig | None = None,
-        episodes: int = 300,
-        seed: int = 0,
-        progress: bool = True,
-        on_episode: EpisodeHook | None = None,
-        on_rollout: EpisodeHook | None = None,
-        **overrides: Any,
-    ):
+    def __init__(self, episodes: int | None = None, seed: int = 0, progress: bool = True,
+                 callback: Any = None, refine: bool = False, config: CPLConfig | None = None,
+                 **overrides: Any):
+        super().__init__(episodes, seed, progress, callback, refine)
         self.config: CPLConfig = make_config(CPLConfig, config, overrides, "cpl")
-        if int(episodes) < 1:
-            raise ValueError(f"episodes must be >= 1, got {episodes!r}")
-        self.episodes = int(episodes)
-        self.seed = int(seed)
-        self.progress = progress
-        self.on_episode = on_episode
-        self.on_rollout = on_rollout
-        # training state, built from the env's spaces on the first search (or on load)
+        # the agent's own random generators: global random state is never touched
         self.torch_gen = torch.Generator().manual_seed(self.seed)
         self.np_rng = np.random.default_rng(self.seed)
+        # networks and optimisers, built from the env's spaces on the first search
         self.policy: GaussianPolicy | None = None
         self.critics: Critics | None = None
         self.pi_opt: torch.optim.Adam | None = None
@@ -425,101 +388,49 @@ class CPL:
         self.nu = np.zeros(0)
         self.limits = np.zeros(0)
         self.dims: dict[str, Any] = {}
-        self.episode = 0
         self.timesteps = 0
-        self.curves: dict[str, list[float]] = {}
-        self._boundary: dict[str, Any] | None = None
 
-    @property
-    def callback(self) -> EpisodeHook | None:
-        """Alias of ``on_episode``: the name the other methods and ``rlprune.api`` use."""
-        return self.on_episode
+    def _total_episodes(self, env: PruningEnv) -> int:
+        if self.config.total_timesteps is not None:
+            return max(1, math.ceil(self.config.total_timesteps / _env_dims(env)["episode_steps"]))
+        return self.episodes
 
-    @callback.setter
-    def callback(self, hook: EpisodeHook | None) -> None:
-        self.on_episode = hook
+    # ---------------------------------------------------------------- the main loop
 
-    # ---------------------------------------------------------------- search (main loop)
-
-    def search(self, env: PruningEnv, budget: Budget | None = None) -> SearchResult:
-        """Train PPO-Lagrangian on ``env``; return the best feasible policy it evaluated.
-
-        ``budget`` is accepted for the common interface and ignored: the constraints
-        live in the env (``info["cost"]``). A ``KeyboardInterrupt`` stops the search
-        but keeps everything evaluated so far (``extra["interrupted"] = True``).
-        """
-        start_time = time.perf_counter()
+    def _run(self, env: PruningEnv) -> None:
+        """Rollout -> multipliers -> PPO update, until the episode budget is spent."""
         cfg = self.config
         self._setup(env)
-        T = self.dims["episode_steps"]
-        total = self._total_episodes(T)
+        total = self._total_episodes(env)
         # The authors' 128-step rollouts, unless the search is so short that fewer than
         # ``min_updates`` policy/multiplier updates would happen (a 40-episode search of a
         # 3-layer model would otherwise never update at all).
-        eps_per_rollout = max(1, math.ceil(cfg.rollout_steps / T))
+        eps_per_rollout = max(1, math.ceil(cfg.rollout_steps / self.dims["episode_steps"]))
         if cfg.min_updates > 0:
             eps_per_rollout = max(1, min(eps_per_rollout, total // cfg.min_updates))
-        names = list(self.dims["constraint_names"])
-        bar = tqdm(
-            total=total,
-            initial=min(self.episode, total),
-            disable=not self.progress,
-            desc="cpl",
-            unit="ep",
-            dynamic_ncols=True,
-        )
-        interrupted = False
-        try:
-            obs, _ = env.reset(seed=self.seed if self.episode == 0 else None)
-            while self.episode < total:
-                # 1. rollout of whole episodes with the current policy and multipliers
-                env.history.tags["multipliers"] = [float(v) for v in self.nu]
-                n_eps = min(eps_per_rollout, total - self.episode)
-                batch, obs = self._collect_rollout(env, obs, n_eps, names, bar)
-                # 2. multipliers from the measured mean episode costs
-                mean_costs = batch["episode_costs"].mean(axis=0)
-                if cfg.lagrangian == "pid":
-                    assert self.pid is not None
-                    self.nu = self.pid.update(mean_costs, self.limits)
-                else:
-                    self.nu = update_multipliers(
-                        self.nu, mean_costs, self.limits, cfg.lagrangian_lr
-                    )
-                # 3. PPO update of policy and critics with the new multipliers
-                with one_thread():
-                    stats = self._ppo_update(batch)
-                self._mark_boundary(env)
-                if self.on_rollout is not None:
-                    self.on_rollout(
-                        self,
-                        {
-                            "episode": self.episode,
-                            "timesteps": self.timesteps,
-                            "mean_costs": mean_costs.tolist(),
-                            "multipliers": self.nu.tolist(),
-                            **stats,
-                        },
-                    )
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            bar.close()
-        return finish(
-            self.name,
-            env,
-            start_time,
-            multipliers=[float(v) for v in self.nu],
-            constraint_names=names,
-            curves={k: list(v) for k, v in self.curves.items()},
-            interrupted=interrupted,
-            episodes=self.episode,
-            timesteps=self.timesteps,
-            config=asdict(cfg),
-        )
+        history = getattr(env, "evaluator", env).history
+        obs, _ = env.reset(seed=self.seed)
+        while self.episode < total:
+            # 1. rollout of whole episodes with the current policy and multipliers
+            history.tags["multipliers"] = [float(v) for v in self.nu]
+            batch, obs = self._collect_rollout(env, obs, min(eps_per_rollout,
+                                                             total - self.episode))
+            # 2. multipliers from the measured mean episode costs
+            mean_costs = batch["episode_costs"].mean(axis=0)
+            if self.pid is not None:
+                self.nu = self.pid.update(mean_costs, self.limits)
+            else:
+                self.nu = update_multipliers(self.nu, mean_costs, self.limits, cfg.lagrangian_lr)
+            # 3. PPO update of policy and critics with the new multipliers
+            with one_thread():
+                self._ppo_update(batch)
+
+    def _result_extra(self, env: PruningEnv) -> dict[str, Any]:
+        return {"multipliers": [float(v) for v in self.nu], "timesteps": self.timesteps}
 
     def _collect_rollout(
-        self, env: PruningEnv, obs: np.ndarray, n_eps: int, names: list[str], bar: tqdm
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        self, env: PruningEnv, obs: np.ndarray, n_eps: int
+    ) -> tuple[dict[str, Any], np.ndarray]:
         """Run ``n_eps`` whole episodes; return the batch with GAE advantages."""
         assert self.policy is not None and self.critics is not None
         low = np.asarray(self.dims["action_low"], dtype=np.float64)
@@ -550,7 +461,13 @@ class CPL:
             obs = next_obs
             if done:
                 ep_costs.append(ep_cost.copy())
-                self._end_episode(env, info, ep_reward, ep_cost, names, bar)
+                nu = [float(v) for v in self.nu]
+                self._episode_end(
+                    env, ep_reward, postfix=f" nu=[{', '.join(f'{v:.3f}' for v in nu)}]",
+                    curves={f"multiplier/{n}": v
+                            for n, v in zip(self.dims["constraint_names"], nu)},
+                    costs=[float(c) for c in ep_cost], multipliers=nu, timesteps=self.timesteps,
+                )
                 ep_reward, ep_cost = 0.0, np.zeros(m)
                 done_eps += 1
                 obs, _ = env.reset()
@@ -578,56 +495,6 @@ class CPL:
             "episode_costs": np.stack(ep_costs),
         }
         return batch, obs
-
-    def _end_episode(
-        self,
-        env: PruningEnv,
-        info: dict[str, Any],
-        ep_reward: float,
-        ep_cost: np.ndarray,
-        names: list[str],
-        bar: tqdm,
-    ) -> None:
-        """Record one finished episode in the curves, the progress bar and the hook."""
-        nu = [float(v) for v in self.nu]
-        feasible = bool(info.get("feasible", bool(np.all(ep_cost <= self.limits))))
-        accuracy = info.get("accuracy")
-        self.curves["episode"].append(float(self.episode))
-        self.curves["return"].append(ep_reward)
-        self.curves["accuracy"].append(float("nan") if accuracy is None else float(accuracy))
-        self.curves["feasible"].append(float(feasible))
-        for name, c, v in zip(names, ep_cost, nu):
-            self.curves[f"cost/{name}"].append(float(c))
-            self.curves[f"multiplier/{name}"].append(v)
-        best = env.history.best
-        best_reward = None if best is None else float(best.reward)
-        candidate = info.get("candidate")
-        if candidate is None and len(env.history):
-            candidate = env.history.candidates[-1]
-        record = {
-            "episode": self.episode,
-            "reward": ep_reward,
-            "return": ep_reward,
-            "costs": [float(c) for c in ep_cost],
-            "multipliers": nu,
-            "feasible": feasible,
-            "accuracy": accuracy,
-            "timesteps": self.timesteps,
-            "best_reward": best_reward,
-            "best": best,
-            "candidate": candidate,
-        }
-        self.episode += 1
-        if not bar.disable:
-            bar.set_postfix_str(
-                f"best={'-' if best_reward is None else f'{best_reward:.4f}'} "
-                f"cost=[{', '.join(f'{c:.3f}' for c in ep_cost)}] "
-                f"nu=[{', '.join(f'{v:.3f}' for v in nu)}]",
-                refresh=False,
-            )
-        bar.update(1)
-        if self.on_episode is not None:
-            self.on_episode(self, record)
 
     def _ppo_update(self, batch: dict[str, Any]) -> dict[str, float]:
         """Clipped PPO epochs over shuffled minibatches; early stop on the KL target."""
@@ -683,12 +550,7 @@ class CPL:
                 break
         return stats
 
-    # ---------------------------------------------------------------- setup and budget
-
-    def _total_episodes(self, episode_steps: int) -> int:
-        if self.config.total_timesteps is not None:
-            return max(1, math.ceil(self.config.total_timesteps / episode_steps))
-        return self.episodes
+    # ---------------------------------------------------------------- networks
 
     def _setup(self, env: PruningEnv) -> None:
         """Read the spaces of ``env``; build networks and optimisers on first use."""
@@ -700,10 +562,9 @@ class CPL:
                 if self.dims[key] != dims[key]:
                     raise ValueError(
                         f"env {key}={dims[key]} differs from the agent's {key}={self.dims[key]}"
-                        " (a trained or restored agent must search the same kind of env)"
+                        " (a trained agent must search the same kind of env)"
                     )
             self.dims.update(dims)
-        self._mark_boundary(env)
 
     def _build(self, dims: dict[str, Any]) -> None:
         cfg = self.config
@@ -740,10 +601,6 @@ class CPL:
             if cfg.lagrangian == "pid"
             else None
         )
-        self.curves = {"episode": [], "return": [], "accuracy": [], "feasible": []}
-        for name in dims["constraint_names"]:
-            self.curves[f"cost/{name}"] = []
-            self.curves[f"multiplier/{name}"] = []
 
     def _start_mean_at(self, action: float) -> None:
         """Set the mean head's bias so the squashed initial mean is ``action``."""
@@ -757,96 +614,6 @@ class CPL:
         assert isinstance(head, nn.Linear)
         with torch.no_grad():
             head.bias.copy_(torch.as_tensor(np.arctanh(z), dtype=head.bias.dtype))
-
-    # ---------------------------------------------------------------- checkpoints
-
-    def _capture(self, history_len: int | None) -> dict[str, Any]:
-        """A deep copy of the whole training state (taken at rollout boundaries)."""
-        assert self.policy is not None and self.critics is not None
-        assert self.pi_opt is not None and self.vf_opt is not None
-        return copy.deepcopy(
-            {
-                "version": 1,
-                "built": True,
-                "config": asdict(self.config),
-                "seed": self.seed,
-                "episodes": self.episodes,
-                "dims": self.dims,
-                "policy": self.policy.state_dict(),
-                "critics": self.critics.state_dict(),
-                "pi_opt": self.pi_opt.state_dict(),
-                "vf_opt": self.vf_opt.state_dict(),
-                "nu": self.nu.tolist(),
-                "limits": self.limits.tolist(),
-                "pid": None if self.pid is None else self.pid.state_dict(),
-                "torch_rng": self.torch_gen.get_state(),
-                "numpy_rng": self.np_rng.bit_generator.state,
-                "episode": self.episode,
-                "timesteps": self.timesteps,
-                "curves_len": len(self.curves.get("episode", [])),
-                "history_len": history_len,
-            }
-        )
-
-    def _mark_boundary(self, env: PruningEnv) -> None:
-        history = getattr(env, "history", None)
-        self._boundary = self._capture(None if history is None else len(history))
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume, as of the last rollout boundary.
-
-        Called mid-rollout (e.g. from ``on_episode``) it still returns the state at the
-        start of that rollout, which is consistent: a resumed agent re-runs the rollout
-        exactly. ``history_len`` is ``len(env.history)`` at that boundary, so a resumer
-        can drop candidates the agent will evaluate again.
-        """
-        if self._boundary is None:
-            return {
-                "version": 1,
-                "built": False,
-                "config": asdict(self.config),
-                "seed": self.seed,
-                "episodes": self.episodes,
-                "episode": 0,
-            }
-        state = copy.deepcopy(self._boundary)
-        state["curves"] = {k: v[: state["curves_len"]] for k, v in self.curves.items()}
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the next :meth:`search` continues from it.
-
-        The saved config and seed replace this agent's (the networks depend on them);
-        the episode budget stays this agent's, so a resumed run can also be extended.
-        """
-        state = copy.deepcopy(state)
-        if state.get("version") != 1:
-            raise ValueError(f"unsupported cpl state version {state.get('version')!r}")
-        self.config = CPLConfig(**state["config"])
-        self.seed = int(state["seed"])
-        self.torch_gen = torch.Generator().manual_seed(self.seed)
-        self.np_rng = np.random.default_rng(self.seed)
-        if not state["built"]:
-            self.policy = None
-            self._boundary = None
-            return
-        self._build(state["dims"])
-        assert self.policy is not None and self.critics is not None
-        assert self.pi_opt is not None and self.vf_opt is not None
-        self.policy.load_state_dict(state["policy"])
-        self.critics.load_state_dict(state["critics"])
-        self.pi_opt.load_state_dict(state["pi_opt"])
-        self.vf_opt.load_state_dict(state["vf_opt"])
-        self.nu = np.asarray(state["nu"], dtype=np.float64)
-        self.limits = np.asarray(state["limits"], dtype=np.float64)
-        if self.pid is not None and state["pid"] is not None:
-            self.pid.load_state_dict(state["pid"])
-        self.torch_gen.set_state(state["torch_rng"])
-        self.np_rng.bit_generator.state = state["numpy_rng"]
-        self.episode = int(state["episode"])
-        self.timesteps = int(state["timesteps"])
-        self.curves = {k: list(v) for k, v in state["curves"].items()}
-        self._boundary = copy.deepcopy(state)
 
 
 def _env_dims(env: PruningEnv) -> dict[str, Any]:

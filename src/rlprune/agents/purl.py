@@ -8,8 +8,9 @@ episodes than episode-end-reward methods. Here that is:
 * the shared :class:`~rlprune.env.PruningEnv` with ``action="discrete"`` (one index
   into per-layer sparsity levels ``0, ..., a_max``) and ``reward="dense"`` (after
   pruning layer ``t`` the partially pruned model is scored on a subset of the reward
-  split and :func:`~rlprune.env.dense_reward` combines its error and the sparsity
-  reached with their targets). :func:`rlprune.api.make_env` configures the env so;
+  split and :func:`~rlprune.rewards.dense_reward` combines its error and the sparsity
+  reached with their targets): :attr:`PuRL.env_options`, which ``rlprune.prune``
+  builds the env with; tight budgets get levels around the uniform keep ratio;
 * Stable-Baselines3's ``DQN`` over that env, with settings sized for a *short*
   search (hundreds of steps, not millions): a (64, 64) MLP Q-network, learning from
   the first few episodes on, epsilon-greedy exploration annealed over half of the
@@ -20,34 +21,24 @@ episodes than episode-end-reward methods. Here that is:
 PuRL's headline is the length of the search, so the result records when the best
 policy was found: ``extra["best_found_at_evaluation"]`` (1-based candidate count)
 and ``extra["best_found_time_s"]`` (seconds since the search started), next to the
-per-episode curves in ``extra["curves"]``.
-
-:class:`EpisodeRecorder` (per-episode curves, progress bar, time-to-best, the user's
-callback) is shared with the other Stable-Baselines3 method, ``amc``.
+per-episode curves in ``extra["curves"]`` (all kept by the searcher base).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from stable_baselines3 import DQN
-from stable_baselines3.common.callbacks import BaseCallback
-from tqdm.auto import tqdm
 
-from rlprune.agents.base import SearchResult, finish, make_config, register_method
+from rlprune.agents.base import Searcher, make_config, preserve_global_rng, register_method
+from rlprune.agents.sb3 import EpisodeHook
 
 if TYPE_CHECKING:
-    from rlprune.costs import Budget
     from rlprune.env import PruningEnv
 
-__all__ = ["PuRL", "PuRLConfig", "EpisodeRecorder"]
-
-#: ``cb(agent, info)`` called after every episode.
-EpisodeCallback = Callable[[Any, dict[str, Any]], None]
+__all__ = ["PuRL", "PuRLConfig", "budget_levels"]
 
 
 @dataclass
@@ -97,145 +88,66 @@ class PuRLConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
 
-class EpisodeRecorder(BaseCallback):
-    """Per-episode bookkeeping of a Stable-Baselines3 search over a ``PruningEnv``.
+def budget_levels(env: PruningEnv, n: int = 10, tight: float = 0.25) -> np.ndarray | None:
+    """Discrete prune ratios for a tight budget, or ``None`` when the default grid fits.
 
-    SB3 calls :meth:`_on_step` after every env step (before the transition is stored).
-    At the end of each episode this records the curves (episode return, terminal
-    accuracy, every constraint's cost ratio), notes when the env's best feasible
-    candidate changed (time-to-best is PuRL's headline), advances the progress bar
-    and calls the agent's ``callback(agent, info)`` with ``episode``, ``candidate``
-    (``env.history.candidates[-1]``), ``best``, ``return``, ``step_rewards`` (the
-    rewards the learner received, in order) and whatever :meth:`episode_info` adds.
+    With ``k`` the keep ratio of the one-ratio-for-all policy that just meets the
+    budget, a budget is tight when ``k < tight``: the default grid, evenly spaced prune
+    ratios ``0, a_max/9, ..., a_max``, then has at most two levels at or beyond the
+    uniform policy (for 8% of the weights, keep 12% or 1%), so per-layer choices are
+    all-or-nothing. Here the levels are no pruning plus ``n - 1`` keep ratios spaced
+    geometrically from ``k / 4`` to ``4 k`` (each clipped to what the layers allow).
     """
-
-    def __init__(self, agent: Any, env: PruningEnv, total_episodes: int, start_time: float,
-                 desc: str):
-        super().__init__(verbose=0)
-        self.agent = agent
-        self.penv = env
-        self.start_time = start_time
-        self.names = list(env.constraint_names)
-        self.curves: dict[str, list[float]] = {"episode": [], "return": [], "accuracy": [],
-                                               "feasible": []}
-        for n in self.names:
-            self.curves[f"cost/{n}"] = []
-        self.episodes = 0
-        self.step_rewards: list[float] = []
-        self.best_time: float | None = None
-        self.best_episode: int | None = None
-        self._best_seen: Any = env.history.best
-        self.bar = tqdm(total=total_episodes, desc=desc, unit="ep", disable=not agent.progress,
-                        dynamic_ncols=True, leave=False)
-
-    def _on_step(self) -> bool:
-        self.step_rewards.append(float(np.asarray(self.locals["rewards"]).reshape(-1)[0]))
-        if bool(np.asarray(self.locals["dones"]).reshape(-1)[0]):
-            self._end_episode(self.locals["infos"][0])
-        return True
-
-    def episode_info(self, info: dict[str, Any]) -> dict[str, Any]:
-        """Method-specific entries for the curves and the user callback (override)."""
-        return {}
-
-    def _end_episode(self, info: dict[str, Any]) -> None:
-        hist = self.penv.history
-        cand = hist.candidates[-1]
-        best = hist.best
-        if best is not None and best is not self._best_seen:
-            self._best_seen = best
-            self.best_time = time.perf_counter() - self.start_time
-            self.best_episode = self.episodes
-        ret = float(sum(self.step_rewards))
-        self.curves["episode"].append(float(self.episodes))
-        self.curves["return"].append(ret)
-        self.curves["accuracy"].append(float(cand.accuracy))
-        self.curves["feasible"].append(float(cand.feasible))
-        for n, r in zip(self.names, cand.cost_ratios):
-            self.curves[f"cost/{n}"].append(float(r))
-        extra = self.episode_info(info)
-        for k, v in extra.items():
-            if isinstance(v, (int, float, np.floating, np.integer)):
-                self.curves.setdefault(k, []).append(float(v))
-        record = {"episode": self.episodes, "candidate": cand, "best": best, "return": ret,
-                  "step_rewards": list(self.step_rewards), **extra}
-        self.episodes += 1
-        self.step_rewards = []
-        self.bar.update(1)
-        if not self.bar.disable:
-            best_s = "-" if best is None else f"{best.reward:.4f}/{best.accuracy:.4f}"
-            self.bar.set_postfix_str(
-                f"best(reward/acc)={best_s} "
-                f"cost=[{', '.join(f'{r:.3f}' for r in cand.cost_ratios)}]",
-                refresh=False,
-            )
-        cb = getattr(self.agent, "callback", None)
-        if cb is not None:
-            cb(self.agent, record)
-
-    def learn(self, model: Any, total_timesteps: int) -> bool:
-        """Run ``model.learn`` with this recorder; ``True`` if Ctrl-C ended it early
-        (what was evaluated so far is kept)."""
-        try:
-            model.learn(total_timesteps=total_timesteps, callback=self)
-        except KeyboardInterrupt:
-            return True
-        finally:
-            self.bar.close()
-        return False
-
-    def result_extra(self) -> dict[str, Any]:
-        """The entries every SB3 method puts in ``SearchResult.extra``."""
-        best = self.penv.history.best
-        return {
-            "curves": {k: list(v) for k, v in self.curves.items()},
-            "constraint_names": list(self.names),
-            "episodes": self.episodes,
-            "best_found_at_evaluation": self.penv.history.best_found_at,
-            "best_found_episode": self.best_episode,
-            "best_found_time_s": self.best_time,
-            "best_candidate_time_s": None if best is None else float(best.time),
-        }
+    k = 1.0 - env.evaluator.uniform_ratio()
+    if k >= tight:
+        return None
+    keeps = np.clip(k * 2.0 ** np.linspace(-2.0, 2.0, n - 1), 1.0 - env.a_max, 1.0)
+    return np.unique(np.round(np.concatenate([[0.0], 1.0 - keeps]), 6))
 
 
 @register_method("purl")
-class PuRL:
+class PuRL(Searcher):
     """DQN with dense per-step rewards over discrete sparsity levels (method id ``purl``).
 
     ``PuRL(episodes=100).search(env)`` runs ``episodes`` complete episodes (each one a
     candidate evaluation) on an env built with ``action="discrete", reward="dense"``
-    and returns the best feasible policy the env evaluated, projected onto the budget
-    by :func:`~rlprune.agents.base.finish`. Keyword ``overrides`` are fields of
-    :class:`PuRLConfig`. ``callback(agent, info)`` is called after every episode.
-    A ``KeyboardInterrupt`` ends the search early and keeps what was evaluated
-    (``extra["interrupted"] = True``).
+    (:attr:`env_options`; ``rlprune.prune`` builds it so) and returns the best
+    feasible policy the env evaluated. Keyword ``overrides`` are fields of
+    :class:`PuRLConfig`; the other arguments are :class:`~rlprune.agents.base.Searcher`'s.
+    An env left with its default level grid gets :func:`budget_levels` when the budget
+    is tight (:meth:`configure`).
     """
 
-    name = "purl"
+    env_options = {"action": "discrete", "reward": "dense"}
+    default_episodes = 200
 
-    def __init__(self, episodes: int = 200, seed: int = 0, progress: bool = True,
+    def __init__(self, episodes: int | None = None, seed: int = 0, progress: bool = True,
+                 callback: Any = None, refine: bool = False,
                  config: PuRLConfig | None = None, **overrides: Any):
-        if int(episodes) < 1:
-            raise ValueError(f"episodes must be >= 1, got {episodes!r}")
+        super().__init__(episodes, seed, progress, callback, refine)
         self.config: PuRLConfig = make_config(PuRLConfig, config, overrides, "purl")
-        self.episodes = int(episodes)
-        self.seed = int(seed)
-        self.progress = progress
-        self.callback: EpisodeCallback | None = None
         self.model: DQN | None = None
 
     def _learning_starts_episodes(self) -> int:
         n = self.config.learning_starts_episodes
         return min(5, max(1, self.episodes // 10)) if n is None else max(0, int(n))
 
-    def build(self, env: PruningEnv) -> DQN:
-        """The SB3 ``DQN`` for ``env`` (checks that the env has discrete actions)."""
+    def configure(self, env: PruningEnv) -> None:
+        """Tight budgets get levels spaced around the uniform keep ratio (see
+        :func:`budget_levels`), unless the env was given its own levels."""
         if getattr(env, "levels", None) is None:
             raise ValueError(
                 "purl needs an env with discrete actions: build it with "
                 "PruningEnv(..., action='discrete', reward='dense') or "
                 "rlprune.api.make_env(..., method='purl'), which does so"
             )
+        if getattr(env, "default_levels", False) and hasattr(env, "evaluator"):
+            levels = budget_levels(env)
+            if levels is not None:
+                env.set_levels(levels)
+
+    def build(self, env: PruningEnv) -> DQN:
+        """The SB3 ``DQN`` for ``env``."""
         cfg = self.config
         T = int(env.T)
         total = self.episodes * T
@@ -259,22 +171,16 @@ class PuRL:
             verbose=0,
         )
 
-    def search(self, env: PruningEnv, budget: Budget | None = None) -> SearchResult:
-        """Train DQN for ``episodes`` episodes on ``env``; return the best feasible policy.
+    def _run(self, env: PruningEnv) -> None:
+        """Train DQN for ``episodes`` episodes on ``env``."""
+        with preserve_global_rng():
+            self.model = self.build(env)
+            self.model.learn(total_timesteps=self.episodes * int(env.T),
+                             callback=EpisodeHook(self, env))
 
-        ``budget`` is accepted for the common interface and ignored: the constraints
-        live in the env.
-        """
-        start_time = time.perf_counter()
-        self.model = self.build(env)
-        recorder = EpisodeRecorder(self, env, self.episodes, start_time, desc=self.name)
-        interrupted = recorder.learn(self.model, self.episodes * int(env.T))
-        return finish(
-            self.name, env, start_time,
-            **recorder.result_extra(),
-            interrupted=interrupted,
-            timesteps=int(self.model.num_timesteps),
-            learning_starts_episodes=self._learning_starts_episodes(),
-            levels=[float(v) for v in env.levels] if env.levels is not None else None,
-            config=asdict(self.config),
-        )
+    def _result_extra(self, env: PruningEnv) -> dict[str, Any]:
+        return {
+            "timesteps": 0 if self.model is None else int(self.model.num_timesteps),
+            "learning_starts_episodes": self._learning_starts_episodes(),
+            "levels": [float(v) for v in env.levels] if env.levels is not None else None,
+        }

@@ -1,0 +1,285 @@
+"""The candidate evaluator: one pruning policy in, one scored and measured candidate out.
+
+Every method, RL agent or baseline, asks the same :class:`Evaluator` about a policy
+(one prune ratio per entry of the :class:`~rlprune.space.PruningSpace`):
+
+1. the policy is applied to a copy of the trained model (never to the model itself);
+2. BatchNorm statistics are re-estimated on ``bn_samples`` training inputs (adaptive
+   BN: the pruned network's activations no longer match the stored statistics);
+3. optionally ``finetune_steps`` SGD steps on the train split;
+4. top-1 accuracy on the ``reward`` split (never on ``test``) and every constraint of
+   the bound budget, measured on the pruned copy itself;
+5. the terminal reward of the configured scheme (:mod:`rlprune.rewards`).
+
+:meth:`Evaluator.score` does 1-5 and nothing else: a pure function of the policy.
+:meth:`Evaluator.evaluate` adds the bookkeeping of a search around it: a policy seen
+before is taken from the history instead of being scored again (cache), a resumed
+search is handed back the candidates of its log (replay), and every new candidate is
+appended to the :class:`~rlprune.history.History`.
+
+The evaluator is built from plain data (the model, its space, a
+:class:`~rlprune.costs.BoundBudget` whose limits are already absolute, the data
+splits, :class:`EvalOptions` and a registered reward scheme), so it pickles and can
+score candidates in another process or on another machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from rlprune.costs import BoundBudget, ExampleInput, count_macs
+from rlprune.data import Splits
+from rlprune.history import Candidate, History, policy_key
+from rlprune.rewards import DENSE_SCHEMES, RewardContext, RewardFn, get_reward
+from rlprune.space import PruningSpace, project, uniform_policy
+from rlprune.train import evaluate as top1
+from rlprune.train import finetune_steps, recalibrate_bn
+
+__all__ = ["EvalOptions", "Evaluator"]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How a candidate is scored (every field is a plain number, so options pickle)."""
+
+    bn_samples: int = 256
+    """Training inputs used to re-estimate BatchNorm statistics of each candidate."""
+    finetune_steps: int = 0
+    """SGD steps of fine-tuning of each candidate before it is scored (0: none)."""
+    finetune_lr: float = 0.01
+    eval_batch_size: int = 1024
+    reward_samples: int | None = None
+    """Score candidates on the first ``reward_samples`` of the reward split only."""
+    dense_samples: int | None = 1000
+    """Samples scoring the per-layer rewards of dense schemes (``None``: all)."""
+    seed: int = 0
+    """Seed of the in-search fine-tune's batch order."""
+
+    def __post_init__(self) -> None:
+        if self.bn_samples < 0:
+            raise ValueError(f"bn_samples must be >= 0, got {self.bn_samples}")
+        for name in ("reward_samples", "dense_samples"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+
+
+class Evaluator:
+    """Scores pruning policies of one model under one bound budget (module docstring).
+
+    ``model`` is copied once (the caller's model is never touched, not even put in
+    eval mode). ``bound`` must be a :class:`~rlprune.costs.BoundBudget`: limits are
+    resolved once per run, by the caller, and used unchanged by every evaluation,
+    projection and final check. ``history`` (optional) is where candidates are
+    recorded; pass the history of a logged run and call :meth:`enable_replay` to
+    resume it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: PruningSpace,
+        bound: BoundBudget,
+        splits: Splits,
+        options: EvalOptions | None = None,
+        reward: str | RewardFn = "terminal_accuracy",
+        reward_options: dict[str, float] | None = None,
+        example_input: ExampleInput | None = None,
+        history: History | None = None,
+    ):
+        if not isinstance(bound, BoundBudget):
+            raise TypeError(
+                "Evaluator needs a BoundBudget (limits resolved once per run): pass "
+                f"Budget.bind(model, example_input), got {type(bound).__name__}"
+            )
+        self.model = copy.deepcopy(model).eval()
+        self.space = space
+        self.bound = bound
+        self.splits = splits
+        self.options = options if options is not None else EvalOptions()
+        self.reward_name, self.reward_fn = get_reward(reward)
+        self.dense = self.reward_name in DENSE_SCHEMES
+        self.example_input = (
+            example_input if example_input is not None else splits.example_input(1)
+        )
+        self.T = len(space)
+        self.caps = np.asarray(space.max_policy(), dtype=np.float64)
+
+        opt = self.options
+        rx, ry = splits.reward.x, splits.reward.y
+        if len(ry) == 0:
+            raise ValueError("the reward split is empty: use reward_fraction > 0")
+        if opt.reward_samples is not None:
+            rx, ry = rx[: opt.reward_samples], ry[: opt.reward_samples]
+        self._rx, self._ry = rx, ry
+        n_dense = len(ry) if opt.dense_samples is None else min(opt.dense_samples, len(ry))
+        self._dx, self._dy = rx[:n_dense], ry[:n_dense]
+        self._bn_x = splits.train.x[: opt.bn_samples]
+        self.original_accuracy = top1(self.model, rx, ry, opt.eval_batch_size)
+
+        ropts = dict(reward_options or {})
+        ropts.setdefault("original_flops", 2.0 * count_macs(self.model, self.example_input))
+        self.reward_options = ropts
+        self._w_params = np.array([max(e.params, 1) for e in space.entries], np.float64)
+        self.limit_fractions = self._limit_fractions()
+        self.target_sparsity = (
+            float(ropts["target_sparsity"]) if "target_sparsity" in ropts
+            else float(max(1.0 - self.limit_fractions.min(), 0.0))
+        )
+
+        self.history = history if history is not None else History()
+        if self.dense:
+            self.history.rank = "accuracy"
+        self._replay: dict[tuple[float, ...], int] = {}
+        self._start = time.perf_counter()
+
+    # ------------------------------------------------------------ budget facts
+    @property
+    def constraint_names(self) -> list[str]:
+        """The budget's constraints, in the order of every cost vector."""
+        return list(self.bound.names)
+
+    def _limit_fractions(self) -> np.ndarray:
+        """Each constraint's limit as a fraction of the original value (at most 1)."""
+        out = []
+        for name in self.bound.names:
+            orig, lim = self.bound.original[name], self.bound.limits[name]
+            out.append(min(lim / orig, 1.0) if orig > 0 else 1.0)
+        return np.asarray(out, dtype=np.float64)
+
+    def sparsity(self, policy: Sequence[float] | np.ndarray) -> float:
+        """Fraction of the prunable parameters that ``policy`` removes (analytic)."""
+        w = self._w_params
+        return float((w * np.asarray(policy, dtype=np.float64)).sum() / w.sum())
+
+    def context(self, step: int, accuracy: float, policy: Sequence[float] | np.ndarray,
+                macs_ratio: float = 1.0) -> RewardContext:
+        """What the reward scheme sees after pruning entries ``0..step`` with ``policy``."""
+        return RewardContext(step=step, num_steps=self.T, terminal=step == self.T - 1,
+                             accuracy=accuracy, original_accuracy=self.original_accuracy,
+                             sparsity=self.sparsity(policy),
+                             target_sparsity=self.target_sparsity, macs_ratio=macs_ratio,
+                             options=self.reward_options)
+
+    # ---------------------------------------------------------------- scoring
+    def build(self, policy: Sequence[float] | np.ndarray, finetune: bool = True) -> nn.Module:
+        """The pruned copy of the model, its BatchNorm statistics re-estimated on
+        ``bn_samples`` training inputs, and (if configured) briefly fine-tuned."""
+        pruned = self.space.apply(self.model, np.asarray(policy, dtype=np.float64))
+        recalibrate_bn(pruned, self._bn_x)
+        opt = self.options
+        if finetune and opt.finetune_steps > 0:
+            finetune_steps(pruned, self.splits.train, opt.finetune_steps, lr=opt.finetune_lr,
+                           seed=opt.seed, augmentation=self.splits.augmentation,
+                           keep_zeros=self.space.granularity == "weight")
+        return pruned
+
+    def accuracy(self, model: nn.Module, dense: bool = False) -> float:
+        """Top-1 on the reward split (on its first ``dense_samples`` when ``dense``)."""
+        x, y = (self._dx, self._dy) if dense else (self._rx, self._ry)
+        return top1(model, x, y, self.options.eval_batch_size)
+
+    def dense_accuracy(self, policy: Sequence[float] | np.ndarray) -> float:
+        """Accuracy of a partly chosen policy, for per-step rewards (not recorded)."""
+        return self.accuracy(self.build(policy, finetune=False), dense=True)
+
+    def macs_ratio(self, pruned: nn.Module) -> float:
+        """MACs of ``pruned`` over the original's."""
+        orig = self.reward_options["original_flops"] / 2.0
+        return float(count_macs(pruned, self.example_input) / orig) if orig > 0 else 1.0
+
+    def cost_ratios(self, policy: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Constraint values / limits of the pruned policy, without scoring accuracy."""
+        pruned = self.space.apply(self.model, np.asarray(policy, dtype=np.float64))
+        return np.asarray(self.bound.ratios(pruned), dtype=np.float64)
+
+    def _clip(self, policy: Sequence[float] | np.ndarray) -> np.ndarray:
+        pol = np.clip(np.asarray(policy, dtype=np.float64).reshape(-1), 0.0, self.caps)
+        if pol.shape[0] != self.T:
+            raise ValueError(f"policy has {pol.shape[0]} ratios, the space has {self.T} layers")
+        return pol
+
+    def score(self, policy: Sequence[float] | np.ndarray, episode: int = 0) -> Candidate:
+        """Build, score and measure one policy; nothing is cached or recorded.
+
+        The candidate's ``index`` and ``time`` are filled in by :meth:`evaluate`.
+        """
+        pol = self._clip(policy)
+        pruned = self.build(pol)
+        costs = self.bound.measure(pruned)
+        ratios = [costs[n] / self.bound.limits[n] for n in self.bound.names]
+        acc = self.accuracy(pruned)
+        macs_ratio = self.macs_ratio(pruned)
+        ctx = self.context(self.T - 1, acc, pol, macs_ratio)
+        reward = acc if self.dense else float(self.reward_fn(ctx))
+        return Candidate(index=-1, episode=episode, policy=[float(p) for p in pol],
+                         reward=reward, accuracy=acc,
+                         costs={k: float(v) for k, v in costs.items()},
+                         cost_ratios=[float(r) for r in ratios],
+                         feasible=all(r <= 1.0 for r in ratios),
+                         extra={"macs_ratio": macs_ratio})
+
+    def evaluate(self, policy: Sequence[float] | np.ndarray, episode: int = 0) -> Candidate:
+        """Score one policy on the reward split and record it in ``history``.
+
+        A policy evaluated before (same ratios) is taken from the history's cache and
+        recorded again with ``extra['cached'] = True`` instead of being re-scored;
+        while replaying a resumed run, a logged policy is handed back unrecorded.
+        The history's ``tags`` (e.g. an agent's multipliers) go into ``extra``.
+        """
+        pol = self._clip(policy)
+        tags = dict(self.history.tags)
+        prev = self.history.lookup(pol)
+        key = policy_key(pol)
+        if prev is not None and self._replay.get(key, 0) > 0:
+            self._replay[key] -= 1
+            return prev
+        now = time.perf_counter() - self._start
+        if prev is not None:
+            cand = Candidate(index=len(self.history), episode=episode, policy=list(prev.policy),
+                             reward=prev.reward, accuracy=prev.accuracy, costs=dict(prev.costs),
+                             cost_ratios=list(prev.cost_ratios), feasible=prev.feasible,
+                             time=now, extra={**prev.extra, **tags, "cached": True})
+            return self.history.add(cand)
+        cand = self.score(pol, episode)
+        cand.index = len(self.history)
+        cand.time = time.perf_counter() - self._start
+        cand.extra = {**tags, **cand.extra}
+        return self.history.add(cand)
+
+    def enable_replay(self) -> None:
+        """Treat the candidates already in ``history`` as a replay log (resuming a run).
+
+        A search restarted from the same seed proposes the same policies again; each
+        one found in the log is returned from it, neither re-scored nor recorded twice.
+        """
+        self._replay = {}
+        for c in self.history.candidates:
+            k = policy_key(c.policy)
+            self._replay[k] = self._replay.get(k, 0) + 1
+
+    # ------------------------------------------------------ budget projection
+    def project(self, policy: Sequence[float] | np.ndarray) -> np.ndarray:
+        """The nearest feasible policy (every hard constraint measured on the pruned model)."""
+        return np.asarray(project(self.space, self.model, np.asarray(policy, dtype=np.float64),
+                                  self.bound), dtype=np.float64)
+
+    def uniform_policy(self) -> np.ndarray:
+        """One ratio for every entry (capped per entry) that just meets the budget."""
+        return np.asarray(uniform_policy(self.space, self.model, self.bound), dtype=np.float64)
+
+    def uniform_ratio(self) -> float:
+        """The one prune ratio for every entry that just meets the budget."""
+        return float(np.max(self.uniform_policy(), initial=0.0))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_start"] = 0.0  # a perf_counter reading means nothing in another process
+        return state

@@ -1,0 +1,155 @@
+"""The candidate evaluator, the budget bound once, and what a run leaves untouched."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rlprune import api, costs
+from rlprune.agents import get_method
+from rlprune.costs import Budget
+from rlprune.env import PruningEnv
+from rlprune.evaluate import EvalOptions, Evaluator
+from rlprune.space import PruningSpace
+
+
+@pytest.fixture(scope="module")
+def model(trained_digits_cnn):
+    return copy.deepcopy(trained_digits_cnn).eval()
+
+
+def _evaluator(model, digits, budget="params<=0.5", **opts) -> Evaluator:
+    ex = digits.example_input(1)
+    space = PruningSpace.from_model(model, ex)
+    return Evaluator(model, space, Budget.parse(budget).bind(model, ex), digits,
+                     EvalOptions(**opts))
+
+
+def test_score_is_pure_and_evaluate_records_and_caches(model, digits):
+    ev = _evaluator(model, digits)
+    policy = np.full(len(ev.space), 0.3)
+    scored = ev.score(policy)
+    assert len(ev.history) == 0  # scoring records nothing
+    first = ev.evaluate(policy, episode=4)
+    assert first.index == 0 and first.episode == 4
+    assert (first.accuracy, first.costs, first.reward) == (scored.accuracy, scored.costs,
+                                                          scored.reward)
+    again = ev.evaluate(policy, episode=5)
+    assert again.extra.get("cached") is True and ev.history.evaluations == 1
+    assert len(ev.history) == 2
+
+
+def test_evaluator_pickles_and_scores_the_same_elsewhere(model, digits):
+    ev = _evaluator(model, digits, "params<=0.5,flops<=0.7")
+    policy = np.linspace(0.1, 0.5, len(ev.space))
+    here = ev.score(policy)
+    there = pickle.loads(pickle.dumps(ev)).score(policy)
+    assert there.accuracy == here.accuracy
+    assert there.costs == here.costs and there.cost_ratios == here.cost_ratios
+
+
+def test_evaluator_refuses_an_unbound_budget(model, digits):
+    space = PruningSpace.from_model(model, digits.example_input(1))
+    with pytest.raises(TypeError, match="BoundBudget"):
+        Evaluator(model, space, Budget.parse("params<=0.5"), digits)  # type: ignore[arg-type]
+
+
+def test_env_leaves_the_callers_model_alone(model, digits):
+    mine = copy.deepcopy(model).train()
+    before = {k: v.clone() for k, v in mine.state_dict().items()}
+    env = PruningEnv(mine, digits, "params<=0.5")
+    env.reset(seed=0)
+    for _ in range(env.T):
+        env.step(np.array([0.3], np.float32))
+    assert mine.training, "PruningEnv put the caller's model in eval mode"
+    for k, v in mine.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("granularity", ["channel", "weight"])
+def test_prune_and_compare_leave_the_callers_model_alone(model, digits, granularity):
+    mine = copy.deepcopy(model).train()
+    before = {k: v.clone() for k, v in mine.state_dict().items()}
+    api.prune(mine, digits, "params<=0.5", method="random", granularity=granularity,
+              episodes=3, finetune_epochs=1, progress=False)
+    api.compare(mine, digits, "params<=0.5", methods=["uniform", "cpl"],
+                granularity=granularity, episodes=2, progress=False)
+    assert mine.training
+    for k, v in mine.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("method", ["cpl", "purl", "amc", "random"])
+def test_prune_leaves_the_global_random_state_alone(model, digits, method):
+    random.seed(11)
+    np.random.seed(11)
+    torch.manual_seed(11)
+    states = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    api.prune(model, digits, "params<=0.5", method=method, episodes=3, progress=False)
+    assert random.getstate() == states[0]
+    assert np.array_equal(np.random.get_state()[1], states[1])
+    assert torch.equal(torch.get_rng_state(), states[2])
+
+
+def test_the_budget_is_bound_once_per_run(model, digits):
+    """A relative limit on a cost that drifts: the limit comes from the first measurement
+    of the original, at the start, and the final check uses that same limit (re-binding
+    would measure the original again and move it)."""
+    width = costs.count_params(model)
+    seen_original = []
+
+    def drifting(m: nn.Module) -> float:
+        n = costs.count_params(m)
+        if n == width:  # the unpruned model: a measurement that moves every time
+            seen_original.append(n)
+            return n * (1.0 + 0.1 * len(seen_original))
+        return float(n)
+
+    budget = Budget(custom={"drifting": (drifting, "60%")})
+    res = api.prune(model, digits, budget, method="random", episodes=3, progress=False)
+    first = 0.6 * width * 1.1  # the first measurement of the original
+    assert res.costs["drifting"]["limit"] == pytest.approx(first)
+    assert res.bound.limits["drifting"] == pytest.approx(first)
+    assert res.costs["drifting"]["original"] == pytest.approx(width * 1.1)
+    seen_original.clear()
+    out = api.compare(model, digits, budget, methods=["uniform", "random"], episodes=2,
+                      progress=False)
+    for r in out:  # one binding shared by every method of a comparison
+        assert r.costs["drifting"]["limit"] == pytest.approx(first)
+
+
+def test_options_a_method_does_not_know_are_an_error(model, digits):
+    for method in ("uniform", "random", "global"):
+        with pytest.raises(ValueError, match=f"unknown {method} option"):
+            api.prune(model, digits, "params<=0.5", method=method, progress=False,
+                      method_kwargs={"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="unknown cpl option"):
+        get_method("cpl", not_an_option=1)
+
+
+def test_prune_with_a_ready_env_refuses_what_it_would_ignore(model, digits):
+    bound = Budget.parse("params<=0.5").bind(model, digits.example_input(1))
+    env = api.make_env(model, digits, bound, "uniform")
+    with pytest.raises(ValueError, match="space"):
+        api.prune(model, digits, "params<=0.5", method="uniform", env=env,
+                  space=env.space, progress=False)
+    with pytest.raises(ValueError, match="env_kwargs"):
+        api.prune(model, digits, "params<=0.5", method="uniform", env=env,
+                  env_kwargs={"bn_samples": 0}, progress=False)
+    with pytest.raises(ValueError, match="importance"):
+        api.prune(model, digits, "params<=0.5", method="uniform", env=env,
+                  importance="l2", progress=False)
+
+
+def test_summary_shows_costs_that_are_only_reported(model, digits):
+    res = api.prune(model, digits, "flops<=0.6", method="uniform", progress=False)
+    text = res.summary()
+    assert "nan" not in text
+    assert "params:" in text and "reported only" in text
+    assert "flops:" in text and "limit" in text
