@@ -87,14 +87,16 @@ def ensure_checkpoint(path: str, data_dir: str | None) -> None:
 
 def remeasure(res: api.PruneResult, original: torch.nn.Module, ex: torch.Tensor,
               budget: str) -> dict[str, tuple[float, float, bool]]:
-    """Save the pruned model, load it back, and recompute every constraint from scratch."""
+    """Save the pruned model, load it back, and recompute every constraint from scratch
+    against the limits the run bound at its start (``res.bound``)."""
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "pruned.pt"
         train.save_checkpoint(p, res.model, {})
         loaded, _ = train.load_checkpoint(p)
-    b = api.budget_for(budget, res.granularity)
+    bound = res.bound if res.bound is not None else (
+        api.budget_for(budget, res.granularity).bind(original, ex))
     out = {}
-    for name, v in b.evaluate(loaded, original, ex).items():
+    for name, v in bound.evaluate(loaded).items():
         out[name] = (float(v["value"]), float(v["limit"]), bool(v["ok"]))
     return out
 

@@ -14,7 +14,8 @@ from torch import nn
 
 from rlprune import costs, models
 from rlprune.costs import Budget, BudgetInfeasibleError
-from rlprune.space import PruningSpace, project, uniform_policy
+from rlprune.projection import project, uniform_policy
+from rlprune.space import PruningSpace
 
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

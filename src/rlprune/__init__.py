@@ -18,6 +18,8 @@ _LAZY = {
     "Budget": ("rlprune.costs", "Budget"),
     "PruningSpace": ("rlprune.space", "PruningSpace"),
     "PruningEnv": ("rlprune.env", "PruningEnv"),
+    "Evaluator": ("rlprune.evaluate", "Evaluator"),
+    "Callback": ("rlprune.agents.base", "Callback"),
 }
 
 __all__ = ["__version__", *_LAZY]

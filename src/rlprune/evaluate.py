@@ -37,8 +37,9 @@ from torch import nn
 from rlprune.costs import BoundBudget, ExampleInput, count_macs
 from rlprune.data import Splits
 from rlprune.history import Candidate, History, policy_key
+from rlprune.projection import project, uniform_policy
 from rlprune.rewards import DENSE_SCHEMES, RewardContext, RewardFn, get_reward
-from rlprune.space import PruningSpace, project, uniform_policy
+from rlprune.space import PruningSpace
 from rlprune.train import evaluate as top1
 from rlprune.train import finetune_steps, recalibrate_bn
 

@@ -50,7 +50,7 @@ from stable_baselines3.common.utils import update_learning_rate
 
 from rlprune.agents.base import Searcher, make_config, preserve_global_rng, register_method
 from rlprune.agents.sb3 import EpisodeHook
-from rlprune.space import bisect_boundary
+from rlprune.projection import bisect_boundary
 
 if TYPE_CHECKING:
     from rlprune.env import PruningEnv

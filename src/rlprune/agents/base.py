@@ -36,7 +36,7 @@ import torch
 
 from rlprune.history import Candidate, History
 from rlprune.progress import progress_bar
-from rlprune.space import bisect_boundary
+from rlprune.projection import bisect_boundary
 
 if TYPE_CHECKING:
     from rlprune.env import PruningEnv

@@ -22,7 +22,7 @@ import numpy as np
 from rlprune.agents.base import Searcher, register_method
 from rlprune.costs import BudgetInfeasibleError
 from rlprune.env import PruningEnv
-from rlprune.space import bisect_boundary
+from rlprune.projection import bisect_boundary
 
 __all__ = ["Uniform", "RandomSearch", "GlobalThreshold", "bisect_feasible"]
 
