@@ -153,3 +153,44 @@ def test_summary_shows_costs_that_are_only_reported(model, digits):
     assert "nan" not in text
     assert "params:" in text and "reported only" in text
     assert "flops:" in text and "limit" in text
+
+
+# ------------------------------------------------------------------ repair of episodes
+def _run_episode(env: PruningEnv, ratio: float) -> dict:
+    env.reset(seed=0)
+    info: dict = {}
+    for _ in range(env.T):
+        _, _, _, _, info = env.step(np.array([ratio], np.float32))
+    return info
+
+
+def test_repair_project_scores_the_projection_and_reports_the_raw_cost(model, digits):
+    env = PruningEnv(model, digits, "params<=0.3", repair="project")
+    info = _run_episode(env, 0.1)  # far over the budget
+    assert info["projected"] and np.all(info["cost"] > 1.0)
+    cand = env.history.candidates[-1]
+    assert cand.feasible and np.all(np.asarray(cand.cost_ratios) <= 1.0)
+    assert np.all(np.asarray(cand.policy) >= 0.1 - 1e-12)  # moved toward more pruning
+    plain = PruningEnv(model, digits, "params<=0.3")  # the paper's MDP scores it as chosen
+    info = _run_episode(plain, 0.1)
+    assert not info["projected"] and not plain.history.candidates[-1].feasible
+
+
+def test_repair_boundary_spends_the_budget_and_keeps_the_shape(model, digits):
+    env = PruningEnv(model, digits, "params<=0.5", repair="boundary")
+    assert env.T == 3
+    for ratios, inside in (([0.8, 0.3, 0.6], True), ([0.3, 0.2, 0.3], False)):
+        env.reset(seed=0)
+        for r in ratios:
+            _, _, _, _, info = env.step(np.array([r], np.float32))
+        raw = np.minimum(np.asarray(ratios), env.max_ratios)
+        assert bool(np.all(info["cost"] <= 1.0)) == inside  # room to spare, or over
+        cand = env.history.candidates[-1]
+        assert info["projected"] and cand.feasible
+        assert max(cand.cost_ratios) > 0.97  # the scored candidate spends the budget
+        keep, raw_keep = 1.0 - np.asarray(cand.policy), 1.0 - raw
+        inner = (keep < 1.0 - 1e-9) & (keep > 1.0 - env.max_ratios + 1e-9)
+        scale = keep[inner] / raw_keep[inner]
+        assert inner.sum() >= 2 and np.allclose(scale, scale[0], rtol=1e-6)  # one factor
+    with pytest.raises(ValueError, match="repair"):
+        PruningEnv(model, digits, "params<=0.5", repair="always")

@@ -37,7 +37,7 @@ from torch import nn
 from rlprune.costs import BoundBudget, Budget
 from rlprune.data import Splits
 from rlprune.evaluate import EvalOptions, Evaluator
-from rlprune.history import History
+from rlprune.history import Candidate, History
 from rlprune.rewards import RewardFn
 from rlprune.space import PruningSpace
 
@@ -46,6 +46,8 @@ __all__ = ["PruningEnv"]
 # Costs approximated by parameter counts in the observation's budget proxy; every other
 # cost (macs, flops, latency, custom) is approximated by MACs.
 _PARAM_LIKE = ("params", "nonzero_params", "disk_mb", "memory_mb")
+#: What an episode may score instead of an out-of-budget or slack policy (see ``repair``).
+REPAIRS = ("none", "project", "boundary")
 
 
 class PruningEnv(gym.Env):
@@ -84,6 +86,7 @@ class PruningEnv(gym.Env):
         history: History | None = None,
         seed: int = 0,
         evaluator: Evaluator | None = None,
+        repair: str = "none",
     ):
         super().__init__()
         if evaluator is None:
@@ -97,6 +100,16 @@ class PruningEnv(gym.Env):
         elif any(v is not None for v in (model, splits, budget, space, history)):
             raise ValueError("give PruningEnv either an evaluator or model/splits/budget/"
                              "space/history, not both: the evaluator already holds them")
+        if repair not in REPAIRS:
+            raise ValueError(f"repair must be one of {', '.join(REPAIRS)}, got {repair!r}")
+        #: Which candidate an episode scores (budgets without noisy costs): ``"none"`` the
+        #: policy as chosen (the paper's MDP), ``"project"`` the projection onto the budget
+        #: of a policy that violates it, ``"boundary"`` the policy with all its keep
+        #: ratios scaled by one factor onto the budget's boundary, in or out
+        #: (:meth:`Evaluator.to_boundary`). In every case
+        #: ``info["cost"]`` is the chosen policy's own cost ratios, so a constrained
+        #: agent still sees what it chose.
+        self.repair = repair
         self.evaluator = evaluator
         self.constraint_names: list[str] = evaluator.constraint_names
         self.num_constraints = len(self.constraint_names)
@@ -205,13 +218,13 @@ class PruningEnv(gym.Env):
         info: dict[str, Any] = {"cost": np.zeros(self.num_constraints, dtype=np.float64)}
         ev = self.evaluator
         if terminal:
-            cand = ev.evaluate(self._policy, episode=self.episode)
+            cand, cost, projected = self._evaluate_episode()
             self.episode += 1
             reward = cand.reward if not self.dense else float(ev.reward_fn(ev.context(
                 t, cand.accuracy, self._policy, cand.extra.get("macs_ratio", 1.0))))
-            info.update(cost=np.asarray(cand.cost_ratios, dtype=np.float64), costs=cand.costs,
-                        accuracy=cand.accuracy, policy=list(cand.policy),
-                        feasible=cand.feasible, candidate=cand)
+            info.update(cost=cost, costs=cand.costs, accuracy=cand.accuracy,
+                        policy=list(cand.policy), feasible=cand.feasible, candidate=cand,
+                        projected=projected)
         elif self.dense:
             partial = self._policy.copy()
             acc = ev.dense_accuracy(partial)
@@ -221,6 +234,21 @@ class PruningEnv(gym.Env):
             reward = 0.0
         obs = self._obs()
         return obs, float(reward), terminal, False, info
+
+    def _evaluate_episode(self) -> tuple[Candidate, np.ndarray, bool]:
+        """The episode's candidate, the cost ratios the agent sees, whether projected."""
+        ev = self.evaluator
+        if self.repair != "none" and not ev.bound.noisy:
+            raw = ev.cost_ratios(self._policy)
+            fixed = self._policy
+            if self.repair == "boundary":
+                fixed = ev.to_boundary(self._policy)
+            elif np.any(raw > 1.0):
+                fixed = ev.project(self._policy)
+            if not np.allclose(fixed, self._policy):
+                return ev.evaluate(fixed, episode=self.episode), raw, True
+        cand = ev.evaluate(self._policy, episode=self.episode)
+        return cand, np.asarray(cand.cost_ratios, dtype=np.float64), False
 
     @property
     def policy(self) -> np.ndarray:

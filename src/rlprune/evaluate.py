@@ -37,7 +37,7 @@ from torch import nn
 from rlprune.costs import BoundBudget, ExampleInput, count_macs
 from rlprune.data import Splits
 from rlprune.history import Candidate, History, policy_key
-from rlprune.projection import project, uniform_policy
+from rlprune.projection import bisect_boundary, project, uniform_policy
 from rlprune.rewards import DENSE_SCHEMES, RewardContext, RewardFn, get_reward
 from rlprune.space import PruningSpace
 from rlprune.train import evaluate as top1
@@ -140,6 +140,9 @@ class Evaluator:
             self.history.rank = "accuracy"
         self._replay: dict[tuple[float, ...], int] = {}
         self._start = time.perf_counter()
+        #: What the evaluations spent: models built, reward-split samples scored
+        #: (forward passes of one sample) and BN re-estimation samples.
+        self.spent = {"built": 0, "reward_samples": 0, "bn_samples": 0}
 
     # ------------------------------------------------------------ budget facts
     @property
@@ -174,7 +177,7 @@ class Evaluator:
         """The pruned copy of the model, its BatchNorm statistics re-estimated on
         ``bn_samples`` training inputs, and (if configured) briefly fine-tuned."""
         pruned = self.space.apply(self.model, np.asarray(policy, dtype=np.float64))
-        recalibrate_bn(pruned, self._bn_x)
+        self.recalibrate(pruned)
         opt = self.options
         if finetune and opt.finetune_steps > 0:
             finetune_steps(pruned, self.splits.train, opt.finetune_steps, lr=opt.finetune_lr,
@@ -182,10 +185,36 @@ class Evaluator:
                            keep_zeros=self.space.granularity == "weight")
         return pruned
 
+    def recalibrate(self, model: nn.Module) -> None:
+        """Re-estimate ``model``'s BatchNorm statistics (in place) as for every candidate."""
+        self.spent["built"] += 1
+        if recalibrate_bn(model, self._bn_x):
+            self.spent["bn_samples"] += len(self._bn_x)
+
     def accuracy(self, model: nn.Module, dense: bool = False) -> float:
         """Top-1 on the reward split (on its first ``dense_samples`` when ``dense``)."""
         x, y = (self._dx, self._dy) if dense else (self._rx, self._ry)
+        self.spent["reward_samples"] += len(y)
         return top1(model, x, y, self.options.eval_batch_size)
+
+    def score_model(self, model: nn.Module) -> tuple[nn.Module, Candidate]:
+        """Score a model pruned elsewhere (e.g. by another library) as a candidate is.
+
+        A copy of ``model`` gets its BatchNorm statistics re-estimated, is scored on the
+        reward split and measured against the bound budget. Returns that copy and an
+        unrecorded :class:`~rlprune.history.Candidate` (its ``policy`` is empty: the
+        model does not come from this space).
+        """
+        pruned = copy.deepcopy(model).eval()
+        self.recalibrate(pruned)
+        costs = self.bound.measure(pruned)
+        ratios = [costs[n] / self.bound.limits[n] for n in self.bound.names]
+        acc = self.accuracy(pruned)
+        return pruned, Candidate(index=-1, episode=0, policy=[], reward=acc, accuracy=acc,
+                                 costs={k: float(v) for k, v in costs.items()},
+                                 cost_ratios=[float(r) for r in ratios],
+                                 feasible=all(r <= 1.0 for r in ratios),
+                                 extra={"macs_ratio": self.macs_ratio(pruned)})
 
     def dense_accuracy(self, policy: Sequence[float] | np.ndarray) -> float:
         """Accuracy of a partly chosen policy, for per-step rewards (not recorded)."""
@@ -271,6 +300,34 @@ class Evaluator:
         """The nearest feasible policy (every hard constraint measured on the pruned model)."""
         return np.asarray(project(self.space, self.model, np.asarray(policy, dtype=np.float64),
                                   self.bound), dtype=np.float64)
+
+    def to_boundary(self, policy: Sequence[float] | np.ndarray, iterations: int = 14
+                    ) -> np.ndarray:
+        """``policy`` moved onto the budget's boundary, keeping its shape.
+
+        Every entry's keep ratio ``1 - p_i`` is multiplied by one factor ``s`` (capped so
+        that no entry keeps more than all of it or less than its minimum), and ``s`` is
+        bisected to the largest value that meets the budget, measured on pruned copies:
+        an out-of-budget policy shrinks, one that leaves budget unused grows, and the
+        *relative* widths the policy chose are kept. Only costs are measured.
+        """
+        p = self._clip(policy)
+        keep = 1.0 - p
+        floor = 1.0 - self.caps
+        s_max = 1.0 / max(float(keep.min()), 1e-6)
+
+        def at(t: float) -> np.ndarray:
+            k = np.clip(keep * (1.0 - t) * s_max, floor, 1.0)
+            return 1.0 - k
+
+        def ok(t: float) -> bool:
+            return bool(np.all(self.cost_ratios(at(t)) <= 1.0))
+
+        if ok(0.0):  # keeping everything fits: nothing to prune
+            return at(0.0)
+        if not ok(1.0):  # even the most aggressive pruning fails: the usual projection
+            return self.project(p)
+        return at(bisect_boundary(ok, iterations))
 
     def uniform_policy(self) -> np.ndarray:
         """One ratio for every entry (capped per entry) that just meets the budget."""
