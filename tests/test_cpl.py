@@ -334,3 +334,37 @@ def test_prune_starts_mid_range_unless_init_action_is_given(monkeypatch):
                         method_kwargs=kwargs)
         assert res.feasible
     assert seen == [0.8]
+
+
+# ----------------------------------------------------------------------------- warm start
+
+
+def test_warm_start_scores_the_heuristics_first_and_starts_at_the_best(trained_digits_cnn,
+                                                                      digits):
+    from rlprune import api
+    from rlprune.agents.baselines import heuristic_policies
+    from rlprune.costs import Budget
+
+    bound = Budget.parse("params<=0.3").bind(trained_digits_cnn, digits.example_input(1))
+    env = api.make_env(trained_digits_cnn, digits, bound, "cpl")
+    assert env.repair == "boundary"  # cpl's env: every candidate spends the budget
+    heur = heuristic_policies(env)
+    agent = CPL(episodes=8, seed=0, progress=False)
+    result = agent.search(env)
+    first = result.history.candidates[:3]
+    assert [c.extra.get("warm_start") for c in first] == ["uniform", "global", "lamp"]
+    for c in first:
+        np.testing.assert_allclose(c.policy, heur[c.extra["warm_start"]])
+    best = max(first, key=result.history.key)
+    # the policy's mean now proposes the best heuristic's allocation
+    obs = torch.as_tensor(env.observations(best.policy), dtype=torch.float32)
+    low, high = env.action_space.low[0], env.action_space.high[0]
+    with torch.no_grad():
+        mean = low + (torch.tanh(agent.policy.mean(obs)).squeeze(-1) + 1) / 2 * (high - low)
+    assert np.allclose(mean.numpy(), np.minimum(best.policy, high), atol=0.05)
+    assert result.best is not None
+    assert result.history.key(result.best) >= result.history.key(best)
+    # the paper's start: no heuristic is scored
+    env2 = api.make_env(trained_digits_cnn, digits, bound, "cpl", repair="none")
+    CPL(episodes=4, seed=0, progress=False, warm_start=False).search(env2)
+    assert not any("warm_start" in c.extra for c in env2.history)

@@ -147,7 +147,7 @@ _FLAG_HELP = {
     "data": "dataset: digits, mnist, cifar10, cifar100",
     "data_dir": "folder with the dataset files (default: $RLPRUNE_DATA)",
     "budget": 'constraints, e.g. "params<=0.1" or "flops<=50%%,latency_ms<=2"',  # %% for argparse
-    "method": "search method: cpl, purl, amc, uniform, random, global",
+    "method": "search method: cpl, cpl-paper, purl, amc, uniform, random, global, lamp",
     "methods": "comma-separated methods to compare",
     "granularity": "channel (physically smaller) or weight (unstructured zeros)",
     "importance": "channel/weight importance: l1, l2, random, taylor, bn_scale",

@@ -250,6 +250,22 @@ class PruningEnv(gym.Env):
         cand = ev.evaluate(self._policy, episode=self.episode)
         return cand, np.asarray(cand.cost_ratios, dtype=np.float64), False
 
+    def observations(self, policy: Sequence[float] | np.ndarray) -> np.ndarray:
+        """The ``T`` observations an episode that chooses ``policy`` sees (nothing is
+        evaluated; the env's current episode is left as it was)."""
+        saved = self._t, self._policy
+        pol = np.minimum(np.asarray(policy, dtype=np.float64).reshape(-1), self.max_ratios)
+        self._policy = np.zeros(self.T, dtype=np.float64)
+        out = []
+        try:
+            for t in range(self.T):
+                self._t = t
+                out.append(self._obs())
+                self._policy[t] = pol[t]
+        finally:
+            self._t, self._policy = saved
+        return np.stack(out)
+
     @property
     def policy(self) -> np.ndarray:
         """The ratios chosen so far in the current episode."""

@@ -43,7 +43,7 @@ class RunConfig:
     budget: str | None = None
     method: str = "cpl"
     methods: list[str] = field(default_factory=lambda: ["cpl", "purl", "amc", "uniform",
-                                                        "random", "global"])
+                                                        "random", "global", "lamp"])
     granularity: str = "channel"
     importance: str = "l1"
     episodes: int = 300

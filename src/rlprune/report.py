@@ -450,7 +450,8 @@ def write_run(
 # ============================================================================= compare
 def compare_row(result: RunResult) -> dict[str, Any]:
     """One row of a comparison table from a run result (the keys :func:`compare_table`
-    reads)."""
+    reads). ``evaluations`` counts candidates scored; ``candidates`` also counts the
+    repeats a search proposed, answered from its cache."""
     acc = result.accuracy
     return {
         "method": result.method,
@@ -461,6 +462,7 @@ def compare_row(result: RunResult) -> dict[str, Any]:
         "test_acc_after_ft": acc.get("pruned", math.nan),
         "reward_acc_after_ft": acc.get("reward_pruned", math.nan),
         "evaluations": getattr(result.search, "evaluations", None),
+        "candidates": len(result.history),
         "best_found_at": getattr(result.search, "best_found_at", None),
         "search_s": result.timings.get("search_s", getattr(result.search, "wall_time", None)),
         "time_to_best_s": getattr(getattr(result.search, "best", None), "time", None),

@@ -1,6 +1,7 @@
 """Search methods. Importing this package registers every method by name:
-``cpl`` (PPO-Lagrangian), ``purl`` (DQN, dense reward), ``amc`` (DDPG, action wall),
-and the baselines ``uniform``, ``random`` and ``global``. Every method is a
+``cpl`` (PPO-Lagrangian; ``cpl-paper`` as the paper ran it), ``purl`` (DQN, dense
+reward), ``amc`` (DDPG, action wall), and the baselines ``uniform``, ``random``,
+``global`` and ``lamp``. Every method is a
 :class:`~rlprune.agents.base.Searcher`."""
 
 from rlprune.agents import amc, baselines, cpl, purl  # noqa: F401  (registration)

@@ -8,6 +8,7 @@
   weights; layer-normalised channel importance for channels, as Torch-Pruning's
   global pruning does), with the global threshold found by bisection so that the
   budget is just met.
+* ``lamp``: the same with LAMP's layer-adaptive scores (Lee et al., ICLR 2021).
 
 Each scores its candidates with the env's evaluator (``env.evaluator``), so that the
 history, the cache and the accounting are the same as for the RL agents.
@@ -24,7 +25,8 @@ from rlprune.costs import BudgetInfeasibleError
 from rlprune.env import PruningEnv
 from rlprune.projection import bisect_boundary
 
-__all__ = ["Uniform", "RandomSearch", "GlobalThreshold", "bisect_feasible"]
+__all__ = ["Uniform", "RandomSearch", "GlobalThreshold", "LAMP", "bisect_feasible",
+           "lamp_scores", "threshold_policy", "heuristic_policies"]
 
 
 def bisect_feasible(
@@ -84,6 +86,58 @@ class RandomSearch(Searcher):
             self._episode_end(env, cand.reward)
 
 
+def lamp_scores(scores: np.ndarray) -> np.ndarray:
+    """LAMP scores of one entry's importances (Lee et al., ICLR 2021), in the input order.
+
+    With the squared importances sorted ascending, ``w_u^2 / sum_{v >= u} w_v^2``: an
+    element's share of what remains of its layer once every smaller one is gone. The
+    largest element of every layer scores 1, so a global threshold never empties a
+    layer, and layers are compared on a scale that does not depend on their size.
+    """
+    sq = np.square(np.asarray(scores, dtype=np.float64).ravel())
+    order = np.argsort(sq, kind="stable")
+    s = sq[order]
+    tail = np.cumsum(s[::-1])[::-1]  # sum over v >= u in sorted order
+    out = np.empty_like(s)
+    out[order] = s / np.maximum(tail, 1e-300)
+    return out
+
+
+def threshold_policy(env: PruningEnv, scores: list[np.ndarray]) -> np.ndarray:
+    """One global threshold over per-entry ``scores`` (lower pruned first), bisected so
+    the budget is just met: per entry, the fraction of its scores under the threshold."""
+    ev = env.evaluator
+    sorted_scores = [np.sort(np.asarray(x, dtype=np.float64).ravel()) for x in scores]
+    allv = np.sort(np.concatenate(sorted_scores))
+    caps = env.max_ratios
+
+    def policy_at(level: float) -> np.ndarray:
+        # level in [0, 1] -> threshold at that quantile of all scores; beyond the cap of
+        # each entry the threshold has no effect, so level 1 is the most aggressive policy
+        if level <= 0.0:
+            return np.zeros(env.T)
+        if level >= 1.0:
+            return caps.copy()
+        tau = allv[min(int(level * (len(allv) - 1)), len(allv) - 1)]
+        ratios = np.array([np.searchsorted(x, tau, side="right") / len(x)
+                           for x in sorted_scores])
+        return np.minimum(ratios, caps)
+
+    return ev.project(bisect_feasible(policy_at, ev.cost_ratios))
+
+
+def heuristic_policies(env: PruningEnv) -> dict[str, np.ndarray]:
+    """The allocations of the one-shot heuristics for ``env``'s budget, each just
+    meeting it: ``uniform``, ``global`` (one importance threshold) and ``lamp``."""
+    ev = env.evaluator
+    scores = ev.space.global_scores()
+    return {
+        "uniform": ev.project(np.minimum(ev.uniform_policy(), env.max_ratios)),
+        "global": threshold_policy(env, scores),
+        "lamp": threshold_policy(env, [lamp_scores(x) for x in scores]),
+    }
+
+
 @register_method("global")
 class GlobalThreshold(Searcher):
     """One global importance threshold across layers, bisected onto the budget."""
@@ -92,25 +146,20 @@ class GlobalThreshold(Searcher):
     searching = False
 
     def _run(self, env: PruningEnv) -> None:
-        ev = env.evaluator
-        scores = [np.sort(np.asarray(s, dtype=np.float64).ravel())
-                  for s in ev.space.global_scores()]
-        allv = np.sort(np.concatenate(scores))
-        caps = env.max_ratios
+        cand = env.evaluator.evaluate(threshold_policy(env, env.evaluator.space.global_scores()),
+                                      episode=0)
+        self._episode_end(env, cand.reward)
 
-        def policy_at(level: float) -> np.ndarray:
-            # level in [0, 1] -> threshold at that quantile of all scores
-            if level <= 0.0:
-                return np.zeros(env.T)
-            tau = allv[min(int(level * (len(allv) - 1)), len(allv) - 1)]
-            ratios = np.array([np.searchsorted(s, tau, side="right") / len(s) for s in scores])
-            return np.minimum(ratios, caps)
 
-        def feasible_caps(level: float) -> np.ndarray:
-            # beyond the cap of each layer the threshold has no effect: at level 1 every
-            # layer sits at its cap, the most aggressive policy allowed.
-            return policy_at(level) if level < 1.0 else caps.copy()
+@register_method("lamp")
+class LAMP(Searcher):
+    """LAMP (Lee et al., ICLR 2021): one threshold over layer-adaptive magnitude scores,
+    bisected onto the budget (for channels, over the channels' importances)."""
 
-        policy = ev.project(bisect_feasible(feasible_caps, ev.cost_ratios))
-        cand = ev.evaluate(policy, episode=0)
+    default_episodes = 1
+    searching = False
+
+    def _run(self, env: PruningEnv) -> None:
+        scores = [lamp_scores(x) for x in env.evaluator.space.global_scores()]
+        cand = env.evaluator.evaluate(threshold_policy(env, scores), episode=0)
         self._episode_end(env, cand.reward)
