@@ -34,3 +34,13 @@ def test_heuristics_meet_the_budget(trained_digits_cnn, digits, granularity):
     res = api.prune(trained_digits_cnn, digits, Budget.parse("params<=0.1"), method="lamp",
                     granularity=granularity, progress=False)
     assert res.feasible and res.search.evaluations == 1
+
+
+def test_global_channel_threshold_does_not_empty_wide_layers(trained_digits_cnn, digits):
+    """Raw channel importances favour narrow-fan-in layers; the threshold compares each
+    channel with its own group's mean (Torch-Pruning's default), and scores near the
+    uniform allocation instead of collapsing."""
+    res = {m: api.prune(trained_digits_cnn, digits, "params<=0.3", method=m, progress=False)
+           for m in ("uniform", "global")}
+    acc = {m: r.accuracy["reward_pruned_before_finetune"] for m, r in res.items()}
+    assert acc["global"] >= 0.9 * acc["uniform"], acc

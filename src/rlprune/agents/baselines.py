@@ -126,28 +126,39 @@ def threshold_policy(env: PruningEnv, scores: list[np.ndarray]) -> np.ndarray:
     return ev.project(bisect_feasible(policy_at, ev.cost_ratios))
 
 
+def global_scores(env: PruningEnv) -> list[np.ndarray]:
+    """The scores the ``global`` threshold ranks: each element's magnitude for weights
+    (global magnitude pruning); for channels, each channel's importance divided by the
+    mean of its group's, as Torch-Pruning's global pruning does (its default ``mean``
+    normaliser). Raw channel importances are not comparable across layers of different
+    fan-in: a threshold over them removes whole wide layers first."""
+    scores = env.evaluator.space.global_scores()
+    if env.evaluator.space.granularity == "weight":
+        return scores
+    return [x / max(float(np.mean(x)), 1e-12) for x in scores]
+
+
 def heuristic_policies(env: PruningEnv) -> dict[str, np.ndarray]:
     """The allocations of the one-shot heuristics for ``env``'s budget, each just
     meeting it: ``uniform``, ``global`` (one importance threshold) and ``lamp``."""
     ev = env.evaluator
-    scores = ev.space.global_scores()
     return {
         "uniform": ev.project(np.minimum(ev.uniform_policy(), env.max_ratios)),
-        "global": threshold_policy(env, scores),
-        "lamp": threshold_policy(env, [lamp_scores(x) for x in scores]),
+        "global": threshold_policy(env, global_scores(env)),
+        "lamp": threshold_policy(env, [lamp_scores(x) for x in ev.space.global_scores()]),
     }
 
 
 @register_method("global")
 class GlobalThreshold(Searcher):
-    """One global importance threshold across layers, bisected onto the budget."""
+    """One global importance threshold across layers, bisected onto the budget (see
+    :func:`global_scores` for what is ranked)."""
 
     default_episodes = 1
     searching = False
 
     def _run(self, env: PruningEnv) -> None:
-        cand = env.evaluator.evaluate(threshold_policy(env, env.evaluator.space.global_scores()),
-                                      episode=0)
+        cand = env.evaluator.evaluate(threshold_policy(env, global_scores(env)), episode=0)
         self._episode_end(env, cand.reward)
 
 
