@@ -285,6 +285,9 @@ class Searcher(ABC):
             "best_found_time_s": self._best_time,
             "best_candidate_time_s": None if best is None else float(best.time),
         }
+        spent = getattr(ev, "spent", None)
+        if spent is not None:  # what the evaluations cost: models built, samples scored
+            extra["spent"] = dict(spent)
         config = getattr(self, "config", None)
         if config is not None and is_dataclass(config):
             extra["config"] = asdict(config)
