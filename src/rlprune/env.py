@@ -11,6 +11,9 @@ One episode prunes the network once, one step per prunable entry of the
 * action: a prune ratio in ``[0, a_max]`` (``Box``), or an index into discrete
   ``levels`` (``Discrete``) when ``action="discrete"``.
 * reward: the scheme's (:mod:`rlprune.rewards`); terminal schemes pay at the last step.
+  With ``repair="boundary"`` (``cpl``'s default) or ``"project"``, the candidate an
+  episode scores is the chosen policy moved onto the budget (costs only), while
+  ``info["cost"]`` still reports the chosen policy's own costs.
 * ``info["cost"]``: numpy vector of ``value_i / limit_i`` for every constraint
   (``<= 1`` holds), zeros before the last step; ``info["costs"]``: raw values by
   name; ``info["accuracy"]``, ``info["policy"]``, ``info["feasible"]``.
