@@ -10,8 +10,9 @@ copy, flops<=0.5, channel), on the committed checkpoints. Searches score candida
 the first 1000 reward-split samples (digits: the whole split); each line reports the
 returned model's accuracy on the *whole* reward split before fine-tuning. A variant is
 ``METHOD[:OPT+OPT...]`` with options ``none``/``project``/``boundary`` (the env's
-``repair``), ``nowarm`` (cpl's ``warm_start=False``), ``init=R`` (cpl's
-``init_action``) or ``NAME=VALUE`` (any option of the method).
+``repair``), ``norace`` (every candidate scored on every reward sample), ``nowarm``
+(cpl's ``warm_start=False``), ``init=R`` (cpl's ``init_action``) or ``NAME=VALUE`` (any
+option of the method).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def _variant(spec: str) -> tuple[str, dict, dict]:
     for o in filter(None, opts.split("+")):
         if o in ("none", "project", "boundary"):
             env_kw["repair"] = o
+        elif o == "norace":
+            env_kw["race_z"] = None
         elif o == "nowarm":
             method_kw["warm_start"] = False
         elif o.startswith("init="):
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bench": args.bench, "variant": spec, "seed": seed,
                 "reward_acc": round(r.accuracy["reward_pruned_before_finetune"], 4),
                 "evaluations": r.search.evaluations,
+                "reward_passes": r.search.extra.get("spent", {}).get("reward_samples"),
                 "feasible_share": round(sum(c.feasible for c in r.history) / len(r.history), 3),
                 "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
     return 0

@@ -194,3 +194,62 @@ def test_repair_boundary_spends_the_budget_and_keeps_the_shape(model, digits):
         assert inner.sum() >= 2 and np.allclose(scale, scale[0], rtol=1e-6)  # one factor
     with pytest.raises(ValueError, match="repair"):
         PruningEnv(model, digits, "params<=0.5", repair="always")
+
+
+@pytest.fixture(scope="module")
+def wide_reward():
+    """Digits with a reward split large enough to race on (about 430 samples)."""
+    from rlprune import data
+
+    return data.load("digits", reward_fraction=0.3, seed=0)
+
+
+def test_raced_accuracy_stops_where_told_and_counts_what_it_scored(model, wide_reward):
+    ev = _evaluator(model, wide_reward)
+    n = len(wide_reward.reward.y)
+    assert n >= 200
+    pruned = ev.build(np.full(len(ev.space), 0.2))
+    full = ev.accuracy(pruned)
+    before = ev.spent["reward_samples"]
+    acc, scored = ev.raced_accuracy(pruned, lambda upper, p: True)
+    assert scored == int(n * 0.25) and ev.spent["reward_samples"] - before == scored
+    seen = []
+    acc, scored = ev.raced_accuracy(pruned, lambda upper, p: seen.append((upper, p)) or False)
+    assert scored == n and acc == pytest.approx(full)
+    assert len(seen) == 2 and all(u >= p for u, p in seen)  # an upper bound, twice
+
+
+def test_racing_stops_a_hopeless_candidate_and_never_a_winner(model, wide_reward):
+    ev = _evaluator(model, wide_reward, "params<=0.9")
+    n = len(wide_reward.reward.y)
+    good = ev.evaluate(np.full(len(ev.space), 0.1))
+    assert "raced" not in good.extra and ev.spent["reward_samples"] == n  # nothing to beat yet
+    bad = ev.evaluate(np.full(len(ev.space), 0.85))
+    assert bad.extra.get("raced") is True and bad.extra["scored_samples"] < n
+    assert ev.spent["reward_samples"] < 2 * n
+    assert ev.score(bad.policy).accuracy < good.accuracy  # it was rightly stopped
+    off = _evaluator(model, wide_reward, "params<=0.9", race_z=None)
+    off.evaluate(np.full(len(ev.space), 0.1))
+    assert "raced" not in off.evaluate(np.full(len(ev.space), 0.85)).extra
+    assert off.spent["reward_samples"] == 2 * n
+
+
+def test_a_raced_search_returns_a_fully_scored_best(model, wide_reward):
+    ex = wide_reward.example_input(1)
+    res = api.prune(model, wide_reward, "params<=0.4", method="random", episodes=24, seed=3,
+                    progress=False)
+    hist = res.history
+    raced = [c for c in hist if c.extra.get("raced")]
+    assert raced, "random candidates below the best should stop early"
+    assert "raced" not in hist.best.extra
+    assert res.search.extra["spent"]["reward_samples"] < len(hist) * len(wide_reward.reward.y)
+    space = PruningSpace.from_model(model, ex)
+    full = Evaluator(model, space, Budget.parse("params<=0.4").bind(model, ex), wide_reward,
+                     EvalOptions(race_z=None))
+    for c in raced:  # none of the stopped candidates would have won
+        assert full.score(c.policy).accuracy <= hist.best.accuracy
+
+
+def test_race_z_must_be_positive():
+    with pytest.raises(ValueError, match="race_z"):
+        EvalOptions(race_z=0.0)

@@ -160,6 +160,8 @@ _FLAG_HELP = {
     "reward_samples": "score candidates on the first N reward-split samples only",
     "dense_samples": "samples scoring the per-layer rewards of dense schemes (purl; "
                      "default 1000)",
+    "race": "stop scoring a candidate on the reward split once it cannot beat the best "
+            "(--no-race: score every candidate on every sample)",
     "reward_fraction": "fraction of the training set held out as the reward split",
     "pretrain_epochs": "epochs when pretraining a registry --model",
     "seed": "random seed (the run is reproducible from it)",

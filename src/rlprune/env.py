@@ -90,6 +90,7 @@ class PruningEnv(gym.Env):
         seed: int = 0,
         evaluator: Evaluator | None = None,
         repair: str = "none",
+        race_z: float | None = EvalOptions.race_z,
     ):
         super().__init__()
         if evaluator is None:
@@ -98,7 +99,7 @@ class PruningEnv(gym.Env):
                 EvalOptions(bn_samples=bn_samples, finetune_steps=int(finetune_steps),
                             finetune_lr=finetune_lr, eval_batch_size=eval_batch_size,
                             reward_samples=reward_samples, dense_samples=dense_samples,
-                            seed=seed),
+                            seed=seed, race_z=race_z),
                 reward_options, example_input, history)
         elif any(v is not None for v in (model, splits, budget, space, history)):
             raise ValueError("give PruningEnv either an evaluator or model/splits/budget/"

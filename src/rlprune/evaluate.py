@@ -26,8 +26,9 @@ score candidates in another process or on another machine.
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,17 @@ from rlprune.train import evaluate as top1
 from rlprune.train import finetune_steps, recalibrate_bn
 
 __all__ = ["EvalOptions", "Evaluator"]
+
+#: Fractions of the reward samples after which a raced candidate may stop scoring.
+RACE_STAGES = (0.25, 0.5)
+#: Reward splits smaller than this are always scored whole (racing would be noise).
+RACE_MIN_SAMPLES = 200
+
+
+def _probe(reward: float, accuracy: float) -> Candidate:
+    """A stand-in candidate, only for ranking a (reward, accuracy) pair."""
+    return Candidate(index=-1, episode=0, policy=[], reward=reward, accuracy=accuracy,
+                     costs={}, cost_ratios=[], feasible=True)
 
 
 @dataclass(frozen=True)
@@ -62,10 +74,18 @@ class EvalOptions:
     """Samples scoring the per-layer rewards of dense schemes (``None``: all)."""
     seed: int = 0
     """Seed of the in-search fine-tune's batch order."""
+    race_z: float | None = 2.0
+    """Racing (``None``: off). A search's candidate is scored on the first quarter of the
+    reward samples, then half, then all; it stops early once its accuracy, ``race_z``
+    standard errors above what the scored part shows, could not beat the best feasible
+    candidate so far. Such a candidate keeps its partial accuracy (``extra['raced']``);
+    the best candidate is always scored on every sample."""
 
     def __post_init__(self) -> None:
         if self.bn_samples < 0:
             raise ValueError(f"bn_samples must be >= 0, got {self.bn_samples}")
+        if self.race_z is not None and not (math.isfinite(self.race_z) and self.race_z > 0):
+            raise ValueError(f"race_z must be a positive number or None, got {self.race_z}")
         for name in ("reward_samples", "dense_samples"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -236,25 +256,80 @@ class Evaluator:
             raise ValueError(f"policy has {pol.shape[0]} ratios, the space has {self.T} layers")
         return pol
 
-    def score(self, policy: Sequence[float] | np.ndarray, episode: int = 0) -> Candidate:
+    def score(self, policy: Sequence[float] | np.ndarray, episode: int = 0,
+              beat: Candidate | None = None) -> Candidate:
         """Build, score and measure one policy; nothing is cached or recorded.
 
-        The candidate's ``index`` and ``time`` are filled in by :meth:`evaluate`.
+        With ``beat`` (a fully scored candidate) and racing on (``options.race_z``),
+        scoring stops early once this candidate cannot outrank ``beat``
+        (:meth:`raced_accuracy`). The candidate's ``index`` and ``time`` are filled in
+        by :meth:`evaluate`.
         """
         pol = self._clip(policy)
         pruned = self.build(pol)
         costs = self.bound.measure(pruned)
         ratios = [costs[n] / self.bound.limits[n] for n in self.bound.names]
-        acc = self.accuracy(pruned)
         macs_ratio = self.macs_ratio(pruned)
-        ctx = self.context(self.T - 1, acc, pol, macs_ratio)
-        reward = acc if self.dense else float(self.reward_fn(ctx))
+
+        def reward_at(acc: float) -> float:
+            if self.dense:
+                return acc
+            return float(self.reward_fn(self.context(self.T - 1, acc, pol, macs_ratio)))
+
+        beaten: Callable[[float, float], bool] | None = None
+        if beat is not None:
+            target = self.history.key(beat)
+
+            def cannot_win(upper: float, partial: float) -> bool:
+                return all(self.history.key(_probe(reward_at(a), a)) < target
+                           for a in (upper, partial))
+
+            beaten = cannot_win
+
+        acc, n_scored = self.raced_accuracy(pruned, beaten)
+        extra: dict[str, Any] = {"macs_ratio": macs_ratio}
+        if n_scored < len(self._ry):
+            extra.update(raced=True, scored_samples=n_scored)
         return Candidate(index=-1, episode=episode, policy=[float(p) for p in pol],
-                         reward=reward, accuracy=acc,
+                         reward=reward_at(acc), accuracy=acc,
                          costs={k: float(v) for k, v in costs.items()},
                          cost_ratios=[float(r) for r in ratios],
-                         feasible=all(r <= 1.0 for r in ratios),
-                         extra={"macs_ratio": macs_ratio})
+                         feasible=all(r <= 1.0 for r in ratios), extra=extra)
+
+    def raced_accuracy(self, model: nn.Module,
+                       beaten: Callable[[float, float], bool] | None = None
+                       ) -> tuple[float, int]:
+        """Reward-split accuracy of ``model`` scored in stages, and the samples scored.
+
+        Without ``beaten`` or with racing off, every reward sample is scored. Otherwise
+        the first quarter, then half of the samples are scored; after each stage, with
+        ``p`` the accuracy so far on ``n`` of ``N`` samples, the accuracy on all ``N`` is
+        at most ``upper = p + z * sqrt(p (1 - p) / n * (N - n) / (N - 1))`` (``z`` =
+        ``options.race_z`` standard errors, finite-population corrected), and scoring
+        stops when ``beaten(upper, p)`` says the candidate cannot win anyway. Splits of
+        fewer than ``RACE_MIN_SAMPLES`` samples are always scored whole.
+        """
+        x, y = self._rx, self._ry
+        n_all = len(y)
+        z = self.options.race_z
+        if beaten is None or z is None or n_all < RACE_MIN_SAMPLES:
+            return self.accuracy(model), n_all
+        bs = self.options.eval_batch_size
+        correct, done = 0, 0
+        for end in (*(int(n_all * f) for f in RACE_STAGES), n_all):
+            if end <= done:
+                continue
+            correct += round(top1(model, x[done:end], y[done:end], bs) * (end - done))
+            self.spent["reward_samples"] += end - done
+            done = end
+            if done == n_all:
+                break
+            p = correct / done
+            var = max(p * (1.0 - p), 1.0 / done)
+            upper = min(p + z * math.sqrt(var / done * (n_all - done) / (n_all - 1)), 1.0)
+            if beaten(upper, p):
+                return p, done
+        return correct / n_all, n_all
 
     def evaluate(self, policy: Sequence[float] | np.ndarray, episode: int = 0) -> Candidate:
         """Score one policy on the reward split and record it in ``history``.
@@ -278,7 +353,8 @@ class Evaluator:
                              cost_ratios=list(prev.cost_ratios), feasible=prev.feasible,
                              time=now, extra={**prev.extra, **tags, "cached": True})
             return self.history.add(cand)
-        cand = self.score(pol, episode)
+        beat = self.history.best if self.options.race_z is not None else None
+        cand = self.score(pol, episode, beat=beat)
         cand.index = len(self.history)
         cand.time = time.perf_counter() - self._start
         cand.extra = {**tags, **cand.extra}

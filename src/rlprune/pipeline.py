@@ -54,6 +54,7 @@ class RunConfig:
     reward: str | None = None
     reward_samples: int | None = None
     dense_samples: int | None = None
+    race: bool = True
     reward_fraction: float = 0.1
     pretrain_epochs: int = 10
     seed: int = 0
@@ -419,6 +420,8 @@ def _env_kwargs(cfg: RunConfig) -> dict[str, Any]:
                           "reward_samples": cfg.reward_samples}
     if cfg.dense_samples is not None:
         kw["dense_samples"] = cfg.dense_samples
+    if not cfg.race:
+        kw["race_z"] = None
     if cfg.reward:
         kw["reward"] = cfg.reward
     return kw
