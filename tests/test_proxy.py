@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from benchmarks.proxy import spearman  # the repository's package (pytest's pythonpath)
 from scipy.stats import spearmanr
-
-from benchmarks.proxy import spearman
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -33,13 +33,19 @@ def as_float(v: Any) -> float:
 
 
 def fmt_acc(v: Any) -> str:
-    """An accuracy fraction as a percentage with two decimals (``0.9164`` → ``91.64%``)."""
+    """An accuracy fraction ``v`` as a percentage with two decimals (``0.9164`` → ``91.64%``).
+
+    A missing or non-finite ``v`` is shown as :data:`MISSING`.
+    """
     f = as_float(v)
     return MISSING if not math.isfinite(f) else f"{100 * f:.2f}%"
 
 
 def fmt_num(v: Any) -> str:
-    """A count with thousands separators (``12,029``), any other number to 4 digits."""
+    """A count ``v`` with thousands separators (``12,029``), any other number to 4 digits.
+
+    A missing or non-finite ``v`` is shown as :data:`MISSING`.
+    """
     f = as_float(v)
     if not math.isfinite(f):
         return MISSING
@@ -49,7 +55,10 @@ def fmt_num(v: Any) -> str:
 
 
 def fmt_ratio(v: Any) -> str:
-    """A ratio as a percentage with one decimal (``0.499`` → ``49.9%``)."""
+    """A ratio ``v`` as a percentage with one decimal (``0.499`` → ``49.9%``).
+
+    A missing or non-finite ``v`` is shown as :data:`MISSING`.
+    """
     f = as_float(v)
     return MISSING if not math.isfinite(f) else f"{100 * f:.1f}%"
 

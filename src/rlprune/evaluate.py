@@ -67,7 +67,9 @@ class EvalOptions:
     finetune_steps: int = 0
     """SGD steps of fine-tuning of each candidate before it is scored (0: none)."""
     finetune_lr: float = 0.01
+    """Learning rate of that fine-tuning."""
     eval_batch_size: int = 1024
+    """Batch size of scoring on the reward split."""
     reward_samples: int | None = None
     """Score candidates on the first ``reward_samples`` of the reward split only."""
     dense_samples: int | None = 1000
@@ -100,7 +102,11 @@ class Evaluator:
     resolved once per run, by the caller, and used unchanged by every evaluation,
     projection and final check. ``history`` (optional) is where candidates are
     recorded; pass the history of a logged run and call :meth:`enable_replay` to
-    resume it.
+    resume it. ``space`` is the pruning space of ``model``, ``splits`` the data (the
+    reward split scores, the training split feeds BatchNorm re-estimation), ``options``
+    the :class:`EvalOptions`, ``reward`` the reward scheme (a name or function, see
+    :mod:`rlprune.rewards`) with its ``reward_options``, and ``example_input`` the batch
+    costs are measured on (default: one training input).
     """
 
     def __init__(
@@ -185,7 +191,9 @@ class Evaluator:
 
     def context(self, step: int, accuracy: float, policy: Sequence[float] | np.ndarray,
                 macs_ratio: float = 1.0) -> RewardContext:
-        """What the reward scheme sees after pruning entries ``0..step`` with ``policy``."""
+        """What the reward scheme sees after pruning entries ``0`` to ``step`` with
+        ``policy``: the candidate's reward-split ``accuracy`` and ``macs_ratio`` (its MACs
+        over the original's)."""
         return RewardContext(step=step, num_steps=self.T, terminal=step == self.T - 1,
                              accuracy=accuracy, original_accuracy=self.original_accuracy,
                              sparsity=self.sparsity(policy),
@@ -194,8 +202,9 @@ class Evaluator:
 
     # ---------------------------------------------------------------- scoring
     def build(self, policy: Sequence[float] | np.ndarray, finetune: bool = True) -> nn.Module:
-        """The pruned copy of the model, its BatchNorm statistics re-estimated on
-        ``bn_samples`` training inputs, and (if configured) briefly fine-tuned."""
+        """The pruned copy of the model under ``policy``, its BatchNorm statistics
+        re-estimated on ``bn_samples`` training inputs, and (if configured and
+        ``finetune``) briefly fine-tuned."""
         pruned = self.space.apply(self.model, np.asarray(policy, dtype=np.float64))
         self.recalibrate(pruned)
         opt = self.options
@@ -212,7 +221,8 @@ class Evaluator:
             self.spent["bn_samples"] += len(self._bn_x)
 
     def accuracy(self, model: nn.Module, dense: bool = False) -> float:
-        """Top-1 on the reward split (on its first ``dense_samples`` when ``dense``)."""
+        """Top-1 of ``model`` on the reward split (on its first ``dense_samples`` when
+        ``dense``)."""
         x, y = (self._dx, self._dy) if dense else (self._rx, self._ry)
         self.spent["reward_samples"] += len(y)
         return top1(model, x, y, self.options.eval_batch_size)
@@ -263,7 +273,7 @@ class Evaluator:
         With ``beat`` (a fully scored candidate) and racing on (``options.race_z``),
         scoring stops early once this candidate cannot outrank ``beat``
         (:meth:`raced_accuracy`). The candidate's ``index`` and ``time`` are filled in
-        by :meth:`evaluate`.
+        by :meth:`evaluate`; ``episode`` is recorded on it.
         """
         pol = self._clip(policy)
         pruned = self.build(pol)
@@ -337,7 +347,8 @@ class Evaluator:
         A policy evaluated before (same ratios) is taken from the history's cache and
         recorded again with ``extra['cached'] = True`` instead of being re-scored;
         while replaying a resumed run, a logged policy is handed back unrecorded.
-        The history's ``tags`` (e.g. an agent's multipliers) go into ``extra``.
+        The history's ``tags`` (e.g. an agent's multipliers) go into ``extra``, and
+        ``episode`` is recorded on the candidate.
         """
         pol = self._clip(policy)
         tags = dict(self.history.tags)
@@ -385,7 +396,8 @@ class Evaluator:
         that no entry keeps more than all of it or less than its minimum), and ``s`` is
         bisected to the largest value that meets the budget, measured on pruned copies:
         an out-of-budget policy shrinks, one that leaves budget unused grows, and the
-        *relative* widths the policy chose are kept. Only costs are measured.
+        *relative* widths the policy chose are kept. Only costs are measured, over
+        ``iterations`` bisection steps.
         """
         p = self._clip(policy)
         keep = 1.0 - p

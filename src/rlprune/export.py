@@ -123,7 +123,8 @@ def check_onnx(
     atol: float = ONNX_ATOL,
     grow_batch: bool = False,
 ) -> dict[str, Any]:
-    """Run the ONNX file with onnxruntime (CPU) and compare with PyTorch's outputs.
+    """Run the ONNX file at ``path`` with onnxruntime (CPU) and compare with ``model``'s
+    outputs in PyTorch.
 
     Runs ``example_input`` and, with ``grow_batch``, a batch twice as large (for a
     dynamic batch axis). Returns ``{"max_abs_diff", "output_scale", "ok",
@@ -170,6 +171,10 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export ``model`` to ONNX at ``path`` (atomically) and check it with onnxruntime.
 
+    ``example_input`` is one batch the model accepts (a tensor or a tuple of them);
+    ``opset`` the ONNX opset (``None``: the exporter's default); ``check`` compares the
+    ONNX outputs with PyTorch's within ``atol`` (:func:`check_onnx`).
+
     The batch axis is made dynamic when the exporter manages it (checked by running a
     batch of 2); otherwise the export is static at the example's batch size. With
     ``exporter="auto"`` the ``torch.export``-based exporter is tried first and the
@@ -199,9 +204,9 @@ def export_onnx(
                     opset_used = next((o.version for o in onnx.load(str(tmp)).opset_import
                                        if o.domain in ("", "ai.onnx")), None)
             except Exception as e:  # any exporter failure is reported
-                msg = _ANSI.sub("", str(e)).strip().splitlines()
+                lines = _ANSI.sub("", str(e)).strip().splitlines()
                 errors.append(f"{exp} ({'dynamic' if dynamic else 'static'} batch): "
-                              f"{type(e).__name__}: {' '.join(msg[:3])[:400]}")
+                              f"{type(e).__name__}: {' '.join(lines[:3])[:400]}")
                 continue
             info.update(exporter=exp, dynamic_batch=dynamic, opset=opset_used, atol=atol,
                         checked=check, **res)

@@ -73,7 +73,10 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def dumps(obj: Any, indent: int | None = 2) -> str:
-    """Strict JSON text of ``obj`` after :func:`to_jsonable` (NaN and ±inf are ``null``)."""
+    """Strict JSON text of ``obj`` after :func:`to_jsonable` (NaN and ±inf are ``null``).
+
+    ``indent`` is passed to :func:`json.dumps` (``None``: one line).
+    """
     # allow_nan=False proves the conversion left no NaN behind.
     return json.dumps(to_jsonable(obj), indent=indent, allow_nan=False)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +21,12 @@ __all__ = ["Candidate", "History"]
 class Candidate:
     """One evaluated pruning policy.
 
-    ``cost_ratios[i]`` is constraint ``i``'s measured value divided by its limit
+    ``index`` is the candidate's 0-based position in its history and ``episode`` the
+    search episode that produced it; ``policy`` holds one prune ratio per entry of the
+    space. ``reward`` is the candidate's terminal reward and ``accuracy`` its accuracy
+    on the reward split (never the test split); ``feasible`` is whether every
+    constraint holds and ``time`` the seconds since the search started when it was
+    evaluated. ``cost_ratios[i]`` is constraint ``i``'s measured value divided by its limit
     (``<= 1`` means the constraint holds); ``costs`` holds the raw values by name.
     ``extra`` carries agent-specific tags such as the Lagrange multipliers.
     """
@@ -38,10 +43,12 @@ class Candidate:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The candidate as a plain dict of its fields (what a log line holds)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        """The candidate whose fields are the entries of ``d`` (:meth:`to_dict`'s inverse)."""
         return cls(**d)
 
 
@@ -72,7 +79,7 @@ class History:
     def __len__(self) -> int:
         return len(self.candidates)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Candidate]:
         return iter(self.candidates)
 
     def lookup(self, policy: Iterable[float]) -> Candidate | None:
@@ -80,7 +87,7 @@ class History:
         return self._by_key.get(policy_key(policy))
 
     def add(self, cand: Candidate) -> Candidate:
-        """Append a candidate and update the best feasible one."""
+        """Append the candidate ``cand``, update the best feasible one, return ``cand``."""
         self.candidates.append(cand)
         self._by_key.setdefault(policy_key(cand.policy), cand)
         if cand.feasible and math.isfinite(cand.reward) and (
@@ -90,7 +97,7 @@ class History:
         return cand
 
     def key(self, c: Candidate) -> tuple[float, float]:
-        """The ranking key of a candidate (higher is better)."""
+        """The ranking key of the candidate ``c`` (higher is better)."""
         return (c.reward, c.accuracy) if self.rank == "reward" else (c.accuracy, c.reward)
 
     @property
@@ -104,9 +111,11 @@ class History:
         return None if self.best is None else self.best.index + 1
 
     def to_jsonl(self) -> str:
+        """Every candidate as one JSON line, in order (see :mod:`rlprune.runlog` for logs)."""
         return "".join(json.dumps(c.to_dict()) + "\n" for c in self.candidates)
 
     @classmethod
     def from_jsonl(cls, text: str, rank: str = "reward") -> History:
+        """The history of the JSON lines in ``text`` (:meth:`to_jsonl`), ranked by ``rank``."""
         return cls([Candidate.from_dict(json.loads(line)) for line in text.splitlines() if line],
                    rank=rank)

@@ -36,7 +36,12 @@ ARCH_ATTR = "_rlprune_arch"
 
 
 def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator that adds a factory ``f(num_classes, in_channels, **kw) -> nn.Module``."""
+    """Decorator that adds a factory ``f(num_classes, in_channels, **kw) -> nn.Module``.
+
+    ``name`` is the architecture's name in the registry (case-insensitive), as
+    :func:`create`, checkpoints and the ``--model`` flag use it; a name already taken is
+    a ``ValueError``.
+    """
 
     def deco(fn: ModelFactory) -> ModelFactory:
         key = name.lower()
@@ -56,6 +61,8 @@ def list_models() -> list[str]:
 def create(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> nn.Module:
     """Build a registered model by name.
 
+    ``name`` is a registered architecture (:func:`list_models`), ``num_classes`` the
+    size of its output and ``in_channels`` of its input; ``kwargs`` go to the factory.
     Raises ``ValueError`` naming the known models when ``name`` is unknown.
     """
     key = str(name).lower()

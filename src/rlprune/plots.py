@@ -60,6 +60,8 @@ def plot_layers(layers: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
 
     A grouped bar chart, one group per prunable layer in network order, so that where
     the pruning went (early vs late, wide vs narrow layers) is visible at a glance.
+    ``layers`` are the rows of ``PruningSpace.describe`` (a result's ``layers``); the PNG
+    is written to ``path`` under ``title`` (default: none), and ``path`` is returned.
     """
     if not layers:
         raise ValueError("no layers to plot")
@@ -130,6 +132,9 @@ def plot_search(history: History, path: str | os.PathLike[str],
     Panels, sharing x: the reward of every candidate with the best feasible so far;
     each constraint's value / limit with the limit at 1.0; and each Lagrange
     multiplier when candidates carry ``extra["multipliers"]`` (constrained methods).
+    ``history`` holds the candidates; ``constraint_names`` label the constraint panels
+    (default: c0, c1, ...). The PNG is written to ``path`` under ``title``, and ``path``
+    is returned.
     """
     cands = list(history)
     if not cands:
@@ -207,6 +212,8 @@ def plot_candidates(result: RunResult, path: str | os.PathLike[str],
     Feasible and infeasible candidates are coloured differently, the budget is the
     vertical line at 1.0, the unpruned model is a diamond and the chosen (best
     feasible) candidate a labelled star: the trade-off the search explored in one view.
+    ``result`` is a run's result (its ``history``, ``costs`` and ``accuracy``); the PNG
+    is written to ``path`` under ``title``, and ``path`` is returned.
     """
     cands = list(result.history)
     names = constraint_names(result.costs) or (list(cands[0].costs) if cands else [])
@@ -262,7 +269,13 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]
                  original: Mapping[str, Any] | None = None,
                  title: str | None = None) -> Path:
     """Test accuracy per method, before (light) and after (dark) fine-tune, with the
-    unpruned model's accuracy as a dashed line."""
+    unpruned model's accuracy as a dashed line.
+
+    ``rows`` are the rows of a comparison (``method``, ``test_acc_before_ft``,
+    ``test_acc_after_ft``), ``original`` the unpruned model's accuracies (its
+    ``"test"`` entry is drawn); the PNG is written to ``path`` under ``title``, and ``path`` is
+    returned.
+    """
     if not rows:
         raise ValueError("no rows to plot")
     n = len(rows)

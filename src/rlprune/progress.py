@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm import autonotebook as _autonotebook
 from tqdm.auto import tqdm as _auto_tqdm
@@ -36,23 +36,35 @@ __all__ = ["progress_bar", "LOG_INTERVAL"]
 LOG_INTERVAL = 30.0
 
 
-class _LogBar(_std_tqdm):  # type: ignore[misc]
+if TYPE_CHECKING:  # types-tqdm makes tqdm generic in its items; the runtime class is not
+    _TqdmBase = _std_tqdm[Any]
+else:
+    _TqdmBase = _std_tqdm
+
+
+class _LogBar(_TqdmBase):
     """A tqdm bar for logs: one whole line per refresh, rate-limited, no ``\\r`` redraws."""
 
-    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+    # types-tqdm declares display() -> None, but tqdm returns whether it wrote, and close()
+    # reads that: False here keeps close() from clearing the line
+    def display(  # type: ignore[override]
+        self, msg: str | None = None, pos: int | None = None
+    ) -> bool:
         if msg == "":  # tqdm clearing a bar that is not left: nothing to clear in a log
             return False
         self.fp.write((self.__str__() if msg is None else msg) + "\n")
         self.fp.flush()
         return True
 
-    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+    def set_description(self, desc: str | None = None, refresh: bool | None = True) -> None:
         super().set_description(desc, refresh=False)
 
-    def set_description_str(self, desc: str | None = None, refresh: bool = True) -> None:
+    def set_description_str(self, desc: str | None = None,
+                            refresh: bool | None = True) -> None:
         super().set_description_str(desc, refresh=False)
 
-    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool | None = True,
+                    **kwargs: Any) -> None:
         super().set_postfix(ordered_dict, refresh=False, **kwargs)
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
@@ -84,7 +96,7 @@ def progress_bar(
     disable: bool = False,
     initial: float = 0,
     leave: bool = False,
-) -> _std_tqdm:
+) -> _std_tqdm[Any]:
     """A tqdm progress bar on stderr that stays readable when stderr is a log file.
 
     Arguments mean what they mean to ``tqdm``: ``iterable`` to wrap (or ``None`` and

@@ -95,6 +95,8 @@ def project(
     feasible end is returned. Costs are monotone in ``t`` for size costs, and for noisy
     costs (latency) the answer is measured once more and pushed further toward ``max``
     if it fails. ``budget`` is bound: its limits are absolute and never re-measured.
+    ``space`` is the pruning space of ``model``; ``iterations`` bisection steps are
+    measured.
 
     Raises :class:`BudgetInfeasibleError` naming each failing cost, its smallest
     reachable value and its limit if even ``max_policy()`` does not fit.
@@ -159,6 +161,8 @@ def uniform_policy(
     iterations: int = 20,
 ) -> np.ndarray:
     """One ratio ``r`` for every entry (capped at each ``max_ratio``) that just meets the budget.
+
+    ``space`` is the pruning space of ``model`` and ``budget`` the bound budget.
 
     Bisection on ``r`` finds the smallest feasible ratio to within ``max_r / 2**iterations``;
     the feasible end is returned, so the tightest constraint is just met. Returns all

@@ -33,7 +33,7 @@ import os
 import platform
 import shlex
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,29 +74,41 @@ class RunResult(Protocol):
     """
 
     @property
-    def model(self) -> nn.Module: ...
+    def model(self) -> nn.Module:
+        """The pruned model."""
     @property
-    def policy(self) -> Any: ...
+    def policy(self) -> Any:
+        """The per-entry prune ratios."""
     @property
-    def costs(self) -> Mapping[str, Mapping[str, Any]]: ...
+    def costs(self) -> Mapping[str, Mapping[str, Any]]:
+        """Per cost: original, pruned, ratio, limit, ok."""
     @property
-    def accuracy(self) -> Mapping[str, float]: ...
+    def accuracy(self) -> Mapping[str, float]:
+        """Accuracies of the original and the pruned model (test and reward split)."""
     @property
-    def history(self) -> History: ...
+    def history(self) -> History:
+        """Every candidate the search evaluated."""
     @property
-    def search(self) -> Any: ...
+    def search(self) -> Any:
+        """The search's own result (a ``SearchResult``)."""
     @property
-    def method(self) -> str: ...
+    def method(self) -> str:
+        """The method's id."""
     @property
-    def granularity(self) -> str: ...
+    def granularity(self) -> str:
+        """``"channel"`` or ``"weight"``."""
     @property
-    def budget(self) -> str: ...
+    def budget(self) -> str:
+        """The budget's text."""
     @property
-    def layers(self) -> Sequence[Mapping[str, Any]]: ...
+    def layers(self) -> Sequence[Mapping[str, Any]]:
+        """Each entry before and after pruning."""
     @property
-    def seed(self) -> int: ...
+    def seed(self) -> int:
+        """The run's seed."""
     @property
-    def timings(self) -> Mapping[str, float]: ...
+    def timings(self) -> Mapping[str, float]:
+        """Seconds of setup, search, fine-tune and in total."""
 
 
 # ============================================================================== versions
@@ -185,7 +197,14 @@ def run_report(
     include_versions: bool = True,
     files: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The content of ``report.json`` for ``result`` (JSON-ready: NaN is ``None``)."""
+    """The content of ``report.json`` for ``result`` (JSON-ready: NaN is ``None``).
+
+    Recorded alongside the result: ``data_name`` (the dataset), ``command`` (the
+    command line, a string or its words), ``config`` (the run's settings),
+    ``onnx_check`` (what :func:`~rlprune.export.export_onnx` returned), ``files``
+    (the run's files by key) and, with ``include_versions``, the package versions
+    (:func:`environment_info`).
+    """
     names = constraint_names(result.costs)
     cmd = shlex.join(command) if command is not None and not isinstance(command, str) \
         else command
@@ -245,7 +264,11 @@ def _summary_line(rep: Mapping[str, Any]) -> str:
 
 def report_markdown(rep: Mapping[str, Any], layers: Sequence[Mapping[str, Any]] = (),
                     plots: Mapping[str, str] | None = None) -> str:
-    """``report.md``: the report for people, built from :func:`run_report`'s dict."""
+    """``report.md``: the report for people, built from :func:`run_report`'s dict ``rep``.
+
+    ``layers`` (the result's per-entry rows) add the per-layer table and ``plots``
+    (``{key: relative path}``) embed the plots.
+    """
     out = [f"# rlprune: {rep['model']}, {rep['method']} at {rep['budget']}", "",
            _summary_line(rep), ""]
     verdict = "all constraints met" if rep.get("feasible") else "**BUDGET VIOLATED**"
@@ -366,7 +389,13 @@ def write_run(
     onnx: bool = True,
     meta: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write the run folder for ``result`` (see the module docstring); return the paths.
+    """Write the run folder ``out_dir`` for ``result`` (see the module docstring); return
+    the paths.
+
+    ``data_name``, ``command`` and ``config`` are recorded in the report (as
+    :func:`run_report` does, with the package versions when ``versions``); ``plots`` and
+    ``onnx`` choose whether the PNG plots and ``pruned.onnx`` are written; ``meta`` is
+    added to the checkpoint's metadata.
 
     ``example_input`` (one batch the model accepts; default ``result.example_input`` if
     the result has one) is needed for the ONNX export; without it the export is skipped
@@ -387,7 +416,7 @@ def write_run(
     plot_errors: dict[str, str] = {}
     if plots:
         (out / "plots").mkdir(exist_ok=True)
-        jobs = [
+        jobs: list[tuple[str, Callable[[Path], Path]]] = [
             ("layers", lambda p: plot_layers(result.layers, p,
                                              title=f"{_model_name(result)}: per-layer "
                                              + ("weight density" if result.granularity
@@ -521,6 +550,7 @@ def compare_table(rows: Sequence[Mapping[str, Any]], *,
                   original: Mapping[str, Any] | None = None, budget: str | None = None) -> str:
     """Markdown table of methods side by side: each cost (value, % of original, ✓/✗),
     accuracies before/after fine-tune, evaluations, best-found-at and search time.
+    ``rows`` are :func:`compare_row`'s, one per method.
 
     ``original`` may hold the unpruned ``test`` and ``reward`` accuracies, shown above
     the table with the ``budget``.
@@ -537,7 +567,10 @@ def compare_table(rows: Sequence[Mapping[str, Any]], *,
 def format_compare_console(rows: Sequence[Mapping[str, Any]], *,
                            original: Mapping[str, Any] | None = None,
                            budget: str | None = None) -> str:
-    """The comparison as a fixed-width text table for a terminal."""
+    """The comparison as a fixed-width text table for a terminal.
+
+    ``rows``, ``original`` and ``budget`` are as for :func:`compare_table`.
+    """
     header, body = _compare_cells(rows)
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h)
               for i, h in enumerate(header)]
@@ -568,7 +601,12 @@ def write_compare(
     plots: bool = True,
 ) -> dict[str, Path]:
     """Write ``compare.md``, ``compare.json`` and ``compare.png`` atomically; return paths
-    (keys ``md``, ``json``, ``plot``)."""
+    (keys ``md``, ``json``, ``plot``).
+
+    The files go to ``out_dir``; ``rows``, ``original`` and ``budget`` are as for
+    :func:`compare_table`; ``data_name``, ``model_name`` and ``command`` are recorded,
+    with the package versions when ``versions``; ``plots`` writes ``compare.png``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cmd = shlex.join(command) if command is not None and not isinstance(command, str) \

@@ -23,7 +23,13 @@ __all__ = ["RewardContext", "RewardFn", "REWARD_SCHEMES", "DENSE_SCHEMES", "regi
 
 @dataclass
 class RewardContext:
-    """What a reward scheme sees at one step."""
+    """What a reward scheme sees at one step.
+
+    ``step`` is the index of the entry just pruned, of ``num_steps`` in an episode;
+    ``terminal`` whether it was the last. ``original_accuracy`` is the unpruned model's
+    reward-split accuracy and ``target_sparsity`` the sparsity the budget implies;
+    ``options`` are the run's ``reward_options`` (e.g. ``beta``, ``original_flops``).
+    """
 
     step: int
     num_steps: int
@@ -40,7 +46,10 @@ RewardFn = Callable[[RewardContext], float]
 
 
 def terminal_accuracy(ctx: RewardContext) -> float:
-    """0 until the last step, then top-1 accuracy on the reward split (cpl, amc)."""
+    """0 until the last step, then top-1 accuracy on the reward split (cpl, amc).
+
+    ``ctx`` is the step's :class:`RewardContext`.
+    """
     return float(ctx.accuracy) if ctx.terminal else 0.0
 
 
@@ -48,7 +57,8 @@ def neg_error_log_flops(ctx: RewardContext) -> float:
     """AMC's R_FLOPs = -error * log(FLOPs), at the last step.
 
     FLOPs enter as the candidate's absolute count (``options['original_flops']`` times
-    the measured ratio) so that the reward prefers fewer FLOPs at equal error.
+    the measured ratio) so that the reward prefers fewer FLOPs at equal error. ``ctx``
+    is the step's :class:`RewardContext`.
     """
     if not ctx.terminal:
         return 0.0
@@ -63,6 +73,8 @@ def dense_reward(ctx: RewardContext) -> float:
     reward-split error after pruning layers ``1..t``, ``S`` the sparsity reached,
     ``E*`` and ``S*`` their targets, ``beta = 5``. PuRL's full text was not available
     to us: this form is the one of its published successor and is kept pluggable.
+    ``ctx`` is the step's :class:`RewardContext`; ``ctx.options`` may set ``beta`` and
+    ``target_error``.
     """
     beta = ctx.options.get("beta", 5.0)
     e_star = ctx.options.get("target_error", 1.0 - ctx.original_accuracy)
@@ -73,6 +85,7 @@ def dense_reward(ctx: RewardContext) -> float:
                                                                        0.0))
 
 
+#: The registered reward schemes by name (:func:`register_reward` adds one).
 REWARD_SCHEMES: dict[str, RewardFn] = {
     "terminal_accuracy": terminal_accuracy,
     "neg_error_log_flops": neg_error_log_flops,
@@ -83,7 +96,11 @@ DENSE_SCHEMES = {"dense"}
 
 
 def register_reward(name: str, fn: RewardFn, dense: bool = False) -> None:
-    """Add a reward scheme; ``dense=True`` evaluates accuracy after every step."""
+    """Add a reward scheme; ``dense=True`` evaluates accuracy after every step.
+
+    ``name`` is what ``reward=`` (and the ``reward`` config key) will accept, ``fn`` a
+    function of a :class:`RewardContext` returning a float.
+    """
     REWARD_SCHEMES[name] = fn
     if dense:
         DENSE_SCHEMES.add(name)
@@ -93,7 +110,11 @@ def register_reward(name: str, fn: RewardFn, dense: bool = False) -> None:
 
 def get_reward(reward: str | RewardFn) -> tuple[str, RewardFn]:
     """``(name, function)`` of a registered scheme name or a callable; unknown names
-    are an error listing the known ones."""
+    are an error listing the known ones.
+
+    ``reward`` is a name in :data:`REWARD_SCHEMES` or a function of a
+    :class:`RewardContext` (named by its ``__name__``).
+    """
     if callable(reward):
         return getattr(reward, "__name__", "custom"), reward
     if reward not in REWARD_SCHEMES:

@@ -47,7 +47,10 @@ def append_log(path: str | os.PathLike[str], candidate: Candidate | Mapping[str,
 
 
 def write_log(path: str | os.PathLike[str], history: Iterable[Candidate]) -> Path:
-    """Write every candidate of ``history`` as JSON lines, atomically."""
+    """Write every candidate of ``history`` as JSON lines to ``path``, atomically.
+
+    Returns the path written.
+    """
     text = "".join(dumps(_candidate_dict(c), indent=None) + "\n" for c in history)
     return atomic_write_text(path, text)
 
@@ -58,7 +61,9 @@ _FLOAT_FIELDS = ("reward", "accuracy", "time")
 def read_log(path: str | os.PathLike[str], rank: str = "reward") -> History:
     """Read a ``log.jsonl`` back into a :class:`History` (``null`` numbers become NaN).
 
-    A truncated last line (a crash in the middle of :func:`append_log`) is skipped.
+    ``path`` is the log file; ``rank`` is the history's ranking (``"reward"`` or
+    ``"accuracy"``, see :class:`~rlprune.history.History`). A truncated last line (a
+    crash in the middle of :func:`append_log`) is skipped.
     """
     cands: list[Candidate] = []
     lines = Path(path).read_text(encoding="utf-8").splitlines()

@@ -39,7 +39,7 @@ AMC's ``neg_error_log_flops``) is chosen on the env (``reward=``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -88,7 +88,7 @@ class ActionWall(gym.Wrapper):
     def __init__(self, env: gym.Env, min_preserve: float = 0.2, bisect_iters: int = 10,
                  enabled: bool = True):
         super().__init__(env)
-        base = env.unwrapped
+        base: Any = env.unwrapped  # duck-typed: a PruningEnv or an env with its contract
         self._measurer = getattr(base, "evaluator", base)
         if not callable(getattr(self._measurer, "cost_ratios", None)):
             raise TypeError("ActionWall needs a PruningEnv (or an env with cost_ratios(policy))")
@@ -118,6 +118,10 @@ class ActionWall(gym.Wrapper):
         self._prefix = np.zeros(self.T, dtype=np.float64)
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """Start an episode: forget the executed prefix and reset the wrapped env.
+
+        ``kwargs`` (``seed``, ``options``) go to the wrapped env's ``reset``.
+        """
         self._t = 0
         self._prefix = np.zeros(self.T, dtype=np.float64)
         return self.env.reset(**kwargs)
@@ -155,7 +159,9 @@ class ActionWall(gym.Wrapper):
         span = hi - ratio
         return ratio + span * bisect_boundary(lambda u: ok(ratio + u * span), self.bisect_iters)
 
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Execute the preserve ratio ``action`` at the current layer, walled (class
+        docstring); returns the wrapped env's step with the wall's entries in ``info``."""
         t = self._t
         if t >= self.T:
             raise RuntimeError("step() called after the episode ended; call reset()")
@@ -189,6 +195,7 @@ class TruncatedNormalDecayNoise(ActionNoise):
     edge), returned in SB3's normalised ``[-1, 1]`` units; SB3 adds it to the policy's
     action and clips to the action range. AMC truncates the normal to the action range
     around the action itself; SB3's noise does not see the action, hence this form.
+    ``size`` is the action's dimension and ``seed`` seeds the noise's own generator.
     """
 
     def __init__(self, sigma: float = 0.5, decay: float = 0.95, warmup_episodes: int = 0,
@@ -225,6 +232,7 @@ class TruncatedNormalDecayNoise(ActionNoise):
         return (z * (2.0 / self.width)).astype(np.float32)
 
     def reset(self) -> None:
+        """End an episode: the next draws use the next episode's ``sigma``."""
         self.episode += 1
 
     def __repr__(self) -> str:
@@ -284,7 +292,7 @@ class _AMCHook(EpisodeHook):
             return
         executed, advantage = self._pending
         self._pending = None
-        buf = self.model.replay_buffer
+        buf = self.replay_buffer()
         n = len(executed)
         idx = (buf.pos - n + np.arange(n)) % buf.buffer_size
         buf.rewards[idx, 0] = advantage
@@ -316,7 +324,15 @@ class _DDPG(DDPG):
 
 @dataclass
 class AMCConfig:
-    """DDPG and wall settings; AMC's defaults where Stable-Baselines3 allows them."""
+    """DDPG and wall settings; AMC's defaults where Stable-Baselines3 allows them.
+
+    ``hidden_sizes`` are the hidden layers of the actor and the critic, ``actor_lr`` and
+    ``critic_lr`` their learning rates, ``tau`` the soft target-update rate and
+    ``batch_size`` the replay minibatch. ``noise_sigma`` and ``noise_decay`` set the
+    exploration noise (:class:`TruncatedNormalDecayNoise`); ``bisect_iters`` the
+    measurements the wall may spend per step; ``device`` the torch device of the
+    networks.
+    """
 
     warmup_episodes: int | None = None
     """Episodes of uniformly random actions before learning; ``None`` means
@@ -363,8 +379,9 @@ class AMC(Searcher):
     candidate evaluation) on a continuous-action env and returns the best feasible
     policy the env evaluated. ``reward`` only documents the scheme the env must use
     (``terminal_accuracy`` or ``neg_error_log_flops``): the env's ``reward`` decides,
-    and a mismatch is an error. Keyword ``overrides`` are fields of :class:`AMCConfig`;
-    the other arguments are :class:`~rlprune.agents.base.Searcher`'s.
+    and a mismatch is an error. ``config`` is a ready :class:`AMCConfig` (default: its
+    defaults) and keyword ``overrides`` are fields of it; ``seed``, ``progress``,
+    ``callback`` and ``refine`` are :class:`~rlprune.agents.base.Searcher`'s.
     """
 
     default_episodes = 800

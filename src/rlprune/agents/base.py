@@ -50,9 +50,14 @@ __all__ = ["SearchResult", "Searcher", "Callback", "register_method", "get_metho
 class SearchResult:
     """The outcome of one search.
 
-    ``policy`` is the returned per-layer prune ratios (feasible: projected if the best
-    candidate was not); ``best`` is the best feasible candidate the search evaluated
-    (``None`` if it found none and the policy comes from projection alone).
+    ``method`` is the method's id. ``policy`` is the returned per-layer prune ratios
+    (feasible: projected if the best candidate was not); ``best`` is the best feasible
+    candidate the search evaluated (``None`` if it found none and the policy comes from
+    projection alone). ``history`` holds every candidate evaluated, ``evaluations``
+    counts those actually scored (cache hits excluded), ``wall_time`` is the search's
+    seconds and ``best_found_at`` the 1-based evaluation at which the best candidate
+    was first seen. ``extra`` carries method-specific results (curves, the method's
+    config, what the evaluations cost under ``"spent"``).
     """
 
     method: str
@@ -79,13 +84,13 @@ class Callback:
     """
 
     def on_search_start(self, searcher: Searcher, env: Any) -> None:
-        """Before the first episode."""
+        """Before the first episode of ``searcher`` on ``env``."""
 
     def on_episode(self, searcher: Searcher, info: dict[str, Any]) -> None:
-        """After every episode."""
+        """After every episode of ``searcher``; ``info`` as in the class docstring."""
 
     def on_search_end(self, searcher: Searcher, result: SearchResult) -> None:
-        """After the result is built."""
+        """After ``searcher`` has built its ``result``."""
 
 
 EpisodeFn = Callable[[Any, dict[str, Any]], None]
@@ -289,7 +294,7 @@ class Searcher(ABC):
         if spent is not None:  # what the evaluations cost: models built, samples scored
             extra["spent"] = dict(spent)
         config = getattr(self, "config", None)
-        if config is not None and is_dataclass(config):
+        if is_dataclass(config) and not isinstance(config, type):  # an instance, not a class
             extra["config"] = asdict(config)
         extra.update(self._result_extra(env))
         return SearchResult(method=self.name, policy=policy, best=best, history=hist,
@@ -308,7 +313,9 @@ def refine(evaluator: Any, policy: np.ndarray, iterations: int = 12,
     returns it when it ranks above the original choice. At most two evaluations are
     added to the history (the original is scored too if the search never did).
     Skipped for budgets with noisy costs (latency), whose boundary is not reliable.
-    ``episode`` is recorded on the candidates it adds.
+    ``evaluator`` scores and records the candidates (an env's
+    :class:`~rlprune.evaluate.Evaluator`), ``iterations`` bisection steps are measured
+    and ``episode`` is recorded on the candidates it adds.
     """
     p = np.asarray(policy, dtype=np.float64)
     if evaluator.bound.noisy or not p.any():
@@ -371,7 +378,8 @@ def method_class(name: str) -> type[Searcher]:
 def get_method(name: str, **kwargs: Any) -> Searcher:
     """Instantiate a registered method with keyword arguments.
 
-    Every method rejects options it does not know with a ``ValueError`` naming them
+    ``name`` is a registered method id (``cpl``, ``purl``, ...) and ``kwargs`` go to its
+    constructor. Every method rejects options it does not know with a ``ValueError`` naming them
     and the accepted ones (the RL methods' config fields are accepted as keywords).
     """
     cls = method_class(name)
@@ -388,6 +396,8 @@ def get_method(name: str, **kwargs: Any) -> Searcher:
 def make_config(cls: type[Any], config: Any, overrides: dict[str, Any], method: str) -> Any:
     """A method's config dataclass: ``config`` (or the defaults) with keyword overrides.
 
+    ``cls`` is the config dataclass, ``config`` an instance of it or ``None``,
+    ``overrides`` field values to replace and ``method`` the method's id, for errors.
     Unknown option names are an error listing the accepted ones.
     """
     base = copy.deepcopy(config) if config is not None else cls()

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from torch import nn
 
 from rlprune.agents.base import Searcher, make_config, register_method
@@ -85,6 +86,12 @@ class CPLConfig:
     Budget: the search runs for ``episodes`` (a :class:`CPL` argument) unless
     ``total_timesteps`` is set, in which case it runs ``ceil(total_timesteps / T)``
     episodes (the authors used 40k timesteps).
+
+    PPO: each update runs ``update_epochs`` passes over the rollout in minibatches of
+    ``minibatch_size``, with the ratio clipped to ``1 +- clip_coef``, gradients clipped
+    to norm ``max_grad_norm`` and an entropy bonus ``ent_coef``; ``gamma`` discounts
+    rewards and costs. Multipliers start at ``nu_init``; with ``lagrangian="pid"`` the
+    gains ``pid_kp``, ``pid_ki`` and ``pid_kd`` drive them (:class:`PIDLagrangian`).
     """
 
     # networks
@@ -183,8 +190,10 @@ def compute_gae(
     ``(N, m)`` for ``m`` signals such as one cost per constraint); ``dones[t]`` is 1
     when the episode *ended* at step ``t`` (shape ``(N,)``), so nothing is
     bootstrapped across it. ``last_value`` is the value of the state after the last
-    step (ignored when that step was terminal). Returns ``(advantages, returns)``
-    with ``returns = advantages + values``, the regression target of the critic.
+    step (ignored when that step was terminal). ``gamma`` is the discount and ``lam``
+    GAE's lambda (1: Monte-Carlo returns, 0: one-step TD). Returns ``(advantages,
+    returns)`` with ``returns = advantages + values``, the regression target of the
+    critic.
     """
     rewards = np.asarray(rewards, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
@@ -211,6 +220,8 @@ def update_multipliers(
     The Lagrangian ``J_r - sum_i nu_i (J_ci - d_i)`` is minimised over ``nu >= 0``
     by the dual, so ``nu_i`` grows in proportion to the violation ``J_ci - d_i`` and
     shrinks when the constraint has slack, but never below 0 (the projection).
+    ``nu`` are the current multipliers, ``mean_costs`` the rollout's mean episode costs
+    ``J_ci``, ``limits`` the thresholds ``d_i`` and ``lr`` the step size.
     """
     nu = np.asarray(nu, dtype=np.float64)
     step = lr * (np.asarray(mean_costs, dtype=np.float64) - np.asarray(limits, dtype=np.float64))
@@ -229,6 +240,8 @@ class PIDLagrangian:
         nu   = max(0, kp * delta + ki * I + kd * D)
 
     With ``kp = kd = 0`` and ``ki = lr`` this is exactly :func:`update_multipliers`.
+    ``num_constraints`` multipliers start at ``nu_init`` (the integral term is set so
+    that the first update continues from there).
     """
 
     def __init__(self, num_constraints: int, kp: float, ki: float, kd: float, nu_init: float = 0.0):
@@ -239,7 +252,11 @@ class PIDLagrangian:
         self.nu = np.full(num_constraints, float(nu_init), dtype=np.float64)
 
     def update(self, mean_costs: np.ndarray, limits: np.ndarray) -> np.ndarray:
-        """Feed one measurement of the episode costs; return the new multipliers."""
+        """Feed one measurement of the episode costs; return the new multipliers.
+
+        ``mean_costs`` are the rollout's mean episode costs ``J_c`` and ``limits`` the
+        thresholds ``d``, one per constraint.
+        """
         cost = np.asarray(mean_costs, dtype=np.float64)
         delta = cost - np.asarray(limits, dtype=np.float64)
         self.integral = np.maximum(0.0, self.integral + delta)
@@ -265,8 +282,11 @@ def ppo_lagrangian_policy_loss(
     The reward term is PPO's clipped surrogate; each cost term is the plain
     importance-weighted cost advantage, penalised by its multiplier (making a costly
     action *less* likely lowers the loss). Dividing by ``1 + sum nu`` keeps the
-    gradient's scale bounded as the multipliers grow. ``adv_cs`` is ``(m, B)`` or a
-    list of ``m`` tensors of shape ``(B,)``.
+    gradient's scale bounded as the multipliers grow. ``new_logp`` and ``old_logp``
+    are the log-probabilities of the ``B`` sampled actions under the current and the
+    rollout's policy, ``adv_r`` their reward advantages, ``adv_cs`` the cost
+    advantages, ``(m, B)`` or a list of ``m`` tensors of shape ``(B,)``, ``nus`` the
+    ``m`` multipliers and ``clip`` PPO's clip range.
     """
     ratio = torch.exp(new_logp - old_logp)
     surrogate = torch.min(ratio * adv_r, torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv_r)
@@ -370,7 +390,8 @@ class CPL(Searcher):
     ``CPL(episodes=300, seed=0).search(env)`` trains on ``env`` for ``episodes``
     episodes and returns the best feasible policy the env evaluated. Hyperparameters
     come from ``config`` and keyword ``overrides`` (field names of :class:`CPLConfig`);
-    the other arguments are :class:`~rlprune.agents.base.Searcher`'s. Callbacks get,
+    ``seed``, ``progress``, ``callback`` and ``refine`` are
+    :class:`~rlprune.agents.base.Searcher`'s. Callbacks get,
     besides the common entries, ``costs`` (the episode's cost ratios), ``multipliers``
     (those in force during the episode) and ``timesteps``. ``extra["curves"]`` of the
     result adds ``multiplier/<name>`` to the common curves.
@@ -665,9 +686,9 @@ class CPL(Searcher):
 def _env_dims(env: PruningEnv) -> dict[str, Any]:
     """The sizes the agent needs from the env contract, with clear errors if absent."""
     obs_space, act_space = env.observation_space, env.action_space
-    if getattr(obs_space, "shape", None) is None or len(obs_space.shape) != 1:
+    if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
         raise ValueError(f"cpl needs a flat Box observation space, got {obs_space!r}")
-    if getattr(act_space, "shape", None) is None or len(act_space.shape) != 1:
+    if not isinstance(act_space, spaces.Box) or len(act_space.shape) != 1:
         raise ValueError(f"cpl needs a flat Box action space (prune ratios), got {act_space!r}")
     steps = getattr(env, "max_episode_steps", None)
     if steps is None:
@@ -696,6 +717,9 @@ class CPLPaper(CPL):
     (``repair="none"``), and the policy starts mid-range (``warm_start=False``);
     ``cpl`` instead scores each episode's policy scaled onto the budget's boundary and
     starts from the best one-shot heuristic (docs/METHODS.md has the measurements).
+    The arguments (``episodes``, ``seed``, ``progress``, ``callback``, ``refine``,
+    ``config`` and ``overrides``) are :class:`CPL`'s, with ``warm_start`` off unless an
+    override turns it on.
     """
 
     env_options = {"repair": "none"}

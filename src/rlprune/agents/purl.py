@@ -46,7 +46,10 @@ class PuRLConfig:
     """DQN settings for a short pruning search (every field can be overridden by keyword).
 
     Step counts that depend on the episode length ``T`` are given in episodes and
-    converted to steps when the env is known.
+    converted to steps when the env is known. ``learning_rate`` is Adam's,
+    ``batch_size`` the replay minibatch, ``gradient_steps`` the updates per training
+    call and ``max_grad_norm`` the gradient clipping; epsilon-greedy exploration
+    anneals from ``exploration_initial_eps`` to ``exploration_final_eps``.
     """
 
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -97,6 +100,7 @@ def budget_levels(env: PruningEnv, n: int = 10, tight: float = 0.25) -> np.ndarr
     uniform policy (for 8% of the weights, keep 12% or 1%), so per-layer choices are
     all-or-nothing. Here the levels are no pruning plus ``n - 1`` keep ratios spaced
     geometrically from ``k / 4`` to ``4 k`` (each clipped to what the layers allow).
+    ``env`` is the discrete-action env whose evaluator measures the uniform policy.
     """
     k = 1.0 - env.evaluator.uniform_ratio()
     if k >= tight:
@@ -112,12 +116,15 @@ class PuRL(Searcher):
     ``PuRL(episodes=100).search(env)`` runs ``episodes`` complete episodes (each one a
     candidate evaluation) on an env built with ``action="discrete", reward="dense"``
     (:attr:`env_options`; ``rlprune.prune`` builds it so) and returns the best
-    feasible policy the env evaluated. Keyword ``overrides`` are fields of
-    :class:`PuRLConfig`; the other arguments are :class:`~rlprune.agents.base.Searcher`'s.
+    feasible policy the env evaluated. ``config`` is a ready :class:`PuRLConfig`
+    (default: its defaults) and keyword ``overrides`` are fields of it; ``seed``,
+    ``progress``, ``callback`` and ``refine`` are
+    :class:`~rlprune.agents.base.Searcher`'s.
     An env left with its default level grid gets :func:`budget_levels` when the budget
     is tight (:meth:`configure`).
     """
 
+    #: How purl wants the shared env built: discrete levels and the dense reward.
     env_options = {"action": "discrete", "reward": "dense"}
     default_episodes = 200
 

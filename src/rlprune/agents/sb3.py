@@ -14,7 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from rlprune.agents.base import Searcher
 
@@ -26,6 +28,8 @@ class EpisodeHook(BaseCallback):
 
     The searcher's callbacks get ``step_rewards`` (the rewards the learner received,
     in order) besides the common entries and whatever :meth:`episode_info` adds.
+    ``searcher`` is the method whose episodes are recorded and ``env`` the pruning env
+    the learner acts on.
     """
 
     def __init__(self, searcher: Searcher, env: Any):
@@ -45,6 +49,22 @@ class EpisodeHook(BaseCallback):
         return True
 
     def episode_info(self, info: dict[str, Any]) -> dict[str, float]:
-        """Method-specific numbers for the curves and the callbacks (override)."""
+        """Method-specific numbers for the curves and the callbacks (override).
+
+        ``info`` is the ``info`` dict of the episode's last step, as the env returned
+        it; the numbers returned are added to the episode's curves and to what the
+        searcher's callbacks receive.
+        """
         return {}
 
+    def replay_buffer(self) -> ReplayBuffer:
+        """The replay buffer of the off-policy learner (DQN, DDPG) this hook drives.
+
+        SB3 types a callback's ``model`` as any ``BaseAlgorithm``; only off-policy ones
+        have a buffer. This is where rlprune reaches into SB3's internals, checked once.
+        """
+        model = self.model
+        if not isinstance(model, OffPolicyAlgorithm) or model.replay_buffer is None:
+            raise TypeError(f"{type(model).__name__} has no replay buffer: the hook needs an "
+                            "off-policy SB3 algorithm that has started learning")
+        return model.replay_buffer
