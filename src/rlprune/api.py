@@ -24,15 +24,22 @@ from rlprune.costs import BoundBudget, Budget
 from rlprune.data import Splits, as_splits
 from rlprune.env import PruningEnv
 from rlprune.history import History
-from rlprune.space import PruningSpace
+from rlprune.space import DEFAULT_IMPORTANCE, PruningSpace
 
-__all__ = ["PruneResult", "prune", "compare", "load", "make_env", "budget_for"]
+__all__ = ["PruneResult", "prune", "compare", "load", "make_env", "budget_for", "check_inputs"]
 
 
 @dataclass
 class PruneResult:
     """What :func:`prune` returns.
 
+    ``model`` is the pruned (and fine-tuned) model and ``policy`` its per-entry prune
+    ratios, found by ``method`` at ``granularity`` under ``budget`` (the budget's text)
+    with ``seed``; ``history`` holds every candidate the search evaluated and
+    ``search`` the search's own result. ``layers`` describes each entry before and
+    after (:meth:`~rlprune.space.PruningSpace.describe`), ``timings`` the seconds of
+    setup, search, fine-tune and in total; ``original`` is the unpruned model and
+    ``example_input`` the batch costs were measured on.
     ``costs[name]`` = ``{"original", "pruned", "ratio", "limit", "ok"}`` measured on the
     returned model (``reported_only`` for costs shown but not constrained); ``bound``
     is the run's budget with its absolute limits; ``accuracy`` has ``original``,
@@ -53,7 +60,7 @@ class PruneResult:
     seed: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     original: nn.Module | None = None
-    example_input: torch.Tensor | None = None
+    example_input: costs_mod.ExampleInput | None = None
     bound: BoundBudget | None = None
 
     @property
@@ -90,6 +97,44 @@ def _check_model(model: nn.Module) -> None:
                              "rlprune needs a trained model with finite weights")
 
 
+def check_inputs(model: nn.Module, splits: Splits,
+                 example_input: costs_mod.ExampleInput | None = None) -> None:
+    """Clear errors, before any search time is spent, for a model and data that cannot
+    work together: non-finite weights, an empty reward split, a model that fails on (or
+    does not return ``(batch, classes)`` scores for) an example input of the data, and
+    labels outside the classes the model scores.
+
+    ``model`` is checked against ``splits``, on ``example_input`` (default: the first
+    training input of ``splits``).
+    """
+    _check_model(model)
+    if len(splits.reward) == 0:
+        raise ValueError("the reward split is empty: the search scores every candidate on "
+                         "it; use reward_fraction > 0 (--reward-fraction, default 0.1)")
+    ex = example_input if example_input is not None else splits.example_input(1)
+    shape = (tuple(ex.shape) if isinstance(ex, torch.Tensor)
+             else tuple(tuple(t.shape) for t in ex))
+    try:
+        with costs_mod._eval_mode(model), torch.no_grad():
+            out = model(ex) if isinstance(ex, torch.Tensor) else model(*ex)
+    except Exception as e:
+        raise ValueError(f"the model fails on an example input of shape {shape} from "
+                         f"{splits.name!r}: {type(e).__name__}: {e}; check that the data "
+                         "(--data) is the one the model was built for") from e
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        got = (f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
+               else f"a {type(out).__name__}")
+        raise ValueError(f"the model must return (batch, classes) scores; for an example "
+                         f"input of shape {shape} from {splits.name!r} it returned {got}")
+    k = int(out.shape[1])
+    labels = [s.y for s in (splits.train, splits.reward, splits.test) if len(s)]
+    lo, hi = min(int(y.min()) for y in labels), max(int(y.max()) for y in labels)
+    if lo < 0 or hi >= k:
+        raise ValueError(f"the model outputs {k} classes but the labels of {splits.name!r} "
+                         f"run {lo}..{hi}: labels must be 0..{k - 1}; give the data the model "
+                         f"was trained for, or a model with {hi + 1} outputs")
+
+
 def budget_for(budget: Budget | str, granularity: str) -> Budget:
     """The budget as measured for ``granularity``.
 
@@ -116,14 +161,20 @@ def make_env(
     bound: BoundBudget,
     method: str,
     granularity: str = "channel",
-    importance: str = "l1",
+    importance: str = DEFAULT_IMPORTANCE,
     example_input: torch.Tensor | None = None,
     space: PruningSpace | None = None,
     seed: int = 0,
     **env_kwargs: Any,
 ) -> PruningEnv:
     """The environment configured as ``method`` expects (its ``env_options``), over a
-    budget already bound to ``model`` (:meth:`Budget.bind`)."""
+    budget already bound to ``model`` (:meth:`Budget.bind`).
+
+    ``bound`` is that budget, ``splits`` the data; ``space`` (default: built from
+    ``model`` with ``granularity`` and ``importance``), ``example_input``, ``seed`` and
+    ``env_kwargs`` (any other :class:`~rlprune.env.PruningEnv` option, over the
+    method's) go to the env.
+    """
     kw = {**method_class(method).env_options, **env_kwargs}
     return PruningEnv(model, splits, bound, space=space, granularity=granularity,
                       importance=importance, example_input=example_input, seed=seed, **kw)
@@ -155,8 +206,13 @@ def prune(
 
     ``data`` is a :class:`~rlprune.data.Splits`, a dataset name or a tuple
     ``(x_train, y_train, x_test, y_test)``; ``budget`` a :class:`Budget` or a string
-    such as ``"params<=0.3,flops<=50%"``. ``episodes`` sets the search length of the
-    searching methods (candidate evaluations; ``None``: the method's default). The
+    such as ``"params<=0.3,flops<=50%"``; ``granularity`` is ``"channel"`` or
+    ``"weight"``. ``episodes`` sets the search length of the searching methods
+    (candidate evaluations; ``None``: the method's default), ``method_kwargs`` are
+    options of the method (e.g. :class:`~rlprune.agents.cpl.CPLConfig` fields) and
+    ``seed`` makes the run reproducible; ``progress`` shows progress bars. The chosen
+    model is fine-tuned for ``finetune_epochs`` at learning rate ``finetune_lr``, with
+    ``distill`` distilling from the original model. The
     returned model meets every constraint of the budget, measured on it; an unreachable
     budget raises :class:`~rlprune.costs.BudgetInfeasibleError` naming the smallest
     reachable value, before any search time is spent.
@@ -179,9 +235,11 @@ def prune(
         raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
     check_methods([method])
     splits = as_splits(data, seed=seed)
+    check_inputs(model, splits, example_input)
     budget = budget_for(budget, granularity)
     original = copy.deepcopy(model).eval()
     t0 = time.perf_counter()
+    ex: costs_mod.ExampleInput  # a given env's evaluator may hold a tuple of tensors
     if env is None:
         ex = example_input if example_input is not None else splits.example_input(1)
         if bound is None:
@@ -189,8 +247,8 @@ def prune(
         elif str(bound.budget) != str(budget):
             raise ValueError(f"bound is bound for {str(bound.budget)!r}, not for the budget "
                              f"{str(budget)!r}")
-        env = make_env(original, splits, bound, method, granularity, importance or "l1", ex,
-                       space, seed, **(env_kwargs or {}))
+        env = make_env(original, splits, bound, method, granularity,
+                       importance or DEFAULT_IMPORTANCE, ex, space, seed, **(env_kwargs or {}))
     else:
         given = [name for name, v in (("space", space), ("env_kwargs", env_kwargs),
                                       ("importance", importance),
@@ -267,7 +325,10 @@ def prune(
 
 
 def load(path: str | os.PathLike[str]) -> nn.Module:
-    """Load a model saved by rlprune (``pruned.pt`` of a run or a checkpoint), ready to use."""
+    """Load a model saved by rlprune (``pruned.pt`` of a run or a checkpoint), ready to use.
+
+    ``path`` is the file; the model comes back on the CPU.
+    """
     model, _ = train_mod.load_checkpoint(path)
     return model
 
@@ -282,7 +343,7 @@ def compare(
     episodes: int = 100,
     finetune_epochs: int = 0,
     finetune_lr: float = 0.01,
-    importance: str = "l1",
+    importance: str = DEFAULT_IMPORTANCE,
     example_input: torch.Tensor | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -296,10 +357,15 @@ def compare(
     evaluations. The budget is bound once and the pruning space (and its importance
     scores) built once, both shared by every method. ``on_result(result)`` is called
     as each method finishes. Returns one :class:`PruneResult` per method, in order.
+
+    ``model``, ``data``, ``budget``, ``granularity``, ``importance``, ``example_input``,
+    ``seed``, ``progress``, ``finetune_epochs``, ``finetune_lr`` and ``env_kwargs`` mean
+    what they mean to :func:`prune`; ``methods`` are method ids and ``method_kwargs``
+    maps a method id to its options.
     """
     check_methods(methods)
-    _check_model(model)
     splits = as_splits(data, seed=seed)
+    check_inputs(model, splits, example_input)
     budget = budget_for(budget, granularity)
     ex = example_input if example_input is not None else splits.example_input(1)
     original = copy.deepcopy(model).eval()

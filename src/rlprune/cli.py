@@ -6,8 +6,8 @@ merging of ``--config`` files with flags, and ``--resume``. What a run does is
 :mod:`rlprune.pipeline`'s; this module imports it, never the reverse.
 
 Wrong arguments and bad input (:class:`UserError`, ``ValueError`` and its
-subclasses such as ``CheckpointError``, ``FileNotFoundError``) end with one clear
-line on stderr and exit code 2; any other exception is a bug and keeps its
+subclasses such as ``CheckpointError``, ``OSError`` such as ``FileNotFoundError``) end
+with one clear line on stderr and exit code 2; any other exception is a bug and keeps its
 traceback (set ``RLPRUNE_DEBUG=1`` to see tracebacks for user errors too).
 """
 
@@ -20,10 +20,13 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlprune import pipeline
 from rlprune.pipeline import RunConfig
+
+if TYPE_CHECKING:
+    from rlprune.data import Splits
 
 __all__ = ["main", "build_parser", "UserError"]
 
@@ -33,8 +36,9 @@ class UserError(Exception):
 
 
 #: Errors of the user's input: one line on stderr, exit code 2 (CheckpointError,
-#: DataError, BudgetInfeasibleError... subclass ValueError).
-_USER_ERRORS = (UserError, ValueError, FileNotFoundError)
+#: DataError, BudgetInfeasibleError... subclass ValueError; OSError is a path that cannot
+#: be read or written: missing, not writable, a file where a folder is needed, disk full).
+_USER_ERRORS = (UserError, ValueError, OSError)
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -90,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_data(args: argparse.Namespace):
+def _load_data(args: argparse.Namespace) -> Splits:
     from rlprune import data
 
     return data.load(args.data, root=args.data_dir, reward_fraction=args.reward_fraction,
@@ -142,7 +146,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------- prune and compare
 _FLAG_HELP = {
-    "model": "registry model to pretrain (cached) when no --checkpoint is given",
+    "model": "registry model to pretrain (cached) when no --checkpoint is given; with "
+             "--checkpoint, the architecture of a plain state dict (read safely, "
+             "weights_only=True)",
     "checkpoint": "checkpoint to prune (written by `rlprune pretrain` or save_checkpoint)",
     "data": "dataset: digits, mnist, cifar10, cifar100",
     "data_dir": "folder with the dataset files (default: $RLPRUNE_DATA)",
@@ -291,7 +297,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rlprune`` console script."""
+    """Entry point of the ``rlprune`` console script; returns the exit status.
+
+    ``argv`` are the command's arguments without the program name (default:
+    ``sys.argv[1:]``). Errors in what the user gave end with one line on stderr and
+    status 2 (``RLPRUNE_DEBUG=1`` re-raises them), an interrupt with status 130.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -309,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _USER_ERRORS as e:
         if os.environ.get("RLPRUNE_DEBUG"):
             raise
-        print(f"rlprune: error: {e}", file=sys.stderr)
+        # one line, whatever the message holds (a user's exception, a library's report)
+        print("rlprune: error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
 
 

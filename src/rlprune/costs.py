@@ -88,6 +88,7 @@ BUDGET_SYNTAX = (
 class BudgetInfeasibleError(ValueError):
     """The budget cannot be met even by the most aggressive pruning the space allows.
 
+    ``message`` names each failing cost, its smallest reachable value and its limit;
     ``failures`` maps each failing constraint's name to ``(smallest reachable value,
     limit)`` so that callers can report or relax it programmatically.
     """
@@ -145,12 +146,14 @@ def _nbytes(obj: Any) -> int:
 
 # ------------------------------------------------------------- size-type costs
 def count_params(model: nn.Module) -> float:
-    """Number of parameter entries; a parameter shared by several modules counts once."""
+    """Number of parameter entries of ``model``; a parameter shared by several modules
+    counts once."""
     return float(sum(p.numel() for p in model.parameters()))
 
 
 def count_nonzero(model: nn.Module) -> float:
-    """Number of nonzero parameter entries: what weight (unstructured) pruning reduces."""
+    """Number of nonzero parameter entries of ``model``: what weight (unstructured)
+    pruning reduces."""
     with torch.no_grad():
         return float(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
 
@@ -258,8 +261,10 @@ def _mac_table(model: nn.Module, x: ExampleInput) -> tuple[list[_MacRecord], dic
 
 
 def _record_macs(m: nn.Module, kind: str, positions: int) -> int:
-    if kind == "linear":
+    if isinstance(m, nn.Linear):
         return positions * m.in_features * m.out_features
+    if not isinstance(m, nn.modules.conv._ConvNd):  # the table records Linear and conv only
+        raise TypeError(f"no MAC count for a {type(m).__name__} ({kind} record)")
     k = math.prod(m.kernel_size)
     if kind == "convT":
         return positions * m.in_channels * (m.out_channels // m.groups) * k
@@ -267,9 +272,10 @@ def _record_macs(m: nn.Module, kind: str, positions: int) -> int:
 
 
 def layer_macs(model: nn.Module, example_input: ExampleInput) -> dict[str, int]:
-    """MACs of each Conv/Linear module (by module name) for one sample.
+    """MACs of each Conv/Linear module of ``model`` (by module name) for one sample.
 
-    A module called several times in one forward pass gets the sum of its calls.
+    ``example_input`` is a batch the model accepts; its first sample is used. A module
+    called several times in one forward pass gets the sum of its calls.
     Modules the forward pass never reaches cost nothing and are absent.
     """
     table, names = _mac_table(model, example_input)
@@ -293,7 +299,8 @@ def count_macs(model: nn.Module, example_input: ExampleInput) -> float:
 
     The output positions of each layer are recorded once per model structure by a
     hooked batch-1 forward pass and cached, so computing the MACs of a channel-pruned
-    candidate reads the layers' widths without running the model.
+    candidate reads the layers' widths without running the model. ``example_input`` is
+    a batch ``model`` accepts (a tensor or a sequence of tensors).
     """
     table, names = _mac_table(model, example_input)
     return float(sum(_record_macs(names[n], kind, pos) for n, kind, pos in table))
@@ -304,6 +311,7 @@ def count_flops(model: nn.Module, example_input: ExampleInput) -> float:
 
     One MAC is one multiply and one add. (Some papers call MACs "FLOPs"; rlprune keeps
     the two apart, and a relative budget such as ``flops<=50%`` means the same either way.)
+    ``model`` and ``example_input`` are as for :func:`count_macs`.
     """
     return 2.0 * count_macs(model, example_input)
 
@@ -318,7 +326,7 @@ def estimate_memory_mb(model: nn.Module, example_input: ExampleInput) -> float:
     that must be live at once while the layer runs - and at least the model's own input
     plus output. Skip connections that keep more tensors alive are not counted: this
     is a lower bound on the peak that scales like the real one under pruning, and it
-    is deterministic.
+    is deterministic. The input is the first sample of ``example_input``.
     """
     weights = sum(t.numel() * t.element_size() for t in model.parameters())
     weights += sum(t.numel() * t.element_size() for t in model.buffers())
@@ -387,6 +395,8 @@ def latency_cost(
     """A latency cost with fixed settings, e.g. to register ``latency_b32_ms``.
 
     ``register_cost("latency_b32_ms", latency_cost(batch_size=32), noisy=True)``.
+    ``batch_size``, ``num_threads``, ``repeats`` and ``min_repeat_s`` are those of
+    :func:`measure_latency_ms`.
     """
 
     def latency(model: nn.Module, example_input: ExampleInput) -> float:
@@ -422,6 +432,8 @@ def _takes_input(fn: Callable[..., Any]) -> bool:
 class Cost:
     """A named cost function with what the budget machinery needs to know about it.
 
+    ``name`` is how budgets write it, ``fn`` the function measuring it and ``unit`` its
+    unit in reports (e.g. ``"MACs"``, ``"ms"``).
     ``relative``: limits ``<= 1`` mean a fraction of the original model's value (size
     costs); otherwise a bare limit is absolute. ``noisy``: repeated measurements differ
     (latency), so feasibility is re-checked. ``takes_input``: ``fn(model, example_input)``
@@ -436,21 +448,36 @@ class Cost:
     unit: str = ""
 
     def __call__(self, model: nn.Module, example_input: ExampleInput | None = None) -> float:
-        """Evaluate the cost; the value must be a finite real number."""
-        if self.takes_input:
-            if example_input is None:
-                raise ValueError(f"cost {self.name!r} needs an example input")
-            value = self.fn(model, example_input)
-        else:
-            value = self.fn(model)
+        """Evaluate the cost; the value must be a finite real number >= 0.
+
+        A user's cost function that raises, or returns anything else (NaN, inf, a
+        negative number, a string, ``None``...), is a ``ValueError`` naming the cost;
+        an exception in one of rlprune's own costs is a bug and propagates as it is.
+        """
+        if self.takes_input and example_input is None:
+            raise ValueError(f"cost {self.name!r} needs an example input")
         try:
+            value = self.fn(model, example_input) if self.takes_input else self.fn(model)
+        except Exception as e:
+            if str(getattr(self.fn, "__module__", "")).startswith("rlprune."):
+                raise
+            raise ValueError(f"cost {self.name!r} failed: {type(e).__name__}: {e}") from e
+        shown = " ".join(repr(value).split())
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        try:
+            if isinstance(value, (str, bytes, bytearray, bool, np.bool_)):
+                raise TypeError
             v = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RuntimeError, OverflowError):
             raise ValueError(
-                f"cost {self.name!r} returned {value!r}; a cost must return a number"
+                f"cost {self.name!r} returned {shown}; a cost must return a number "
+                "(a finite number >= 0)"
             ) from None
-        if math.isnan(v):
-            raise ValueError(f"cost {self.name!r} returned NaN")
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(
+                f"cost {self.name!r} returned {v!r}; a cost function must return a finite "
+                "number >= 0"
+            )
         return v
 
 
@@ -491,8 +518,9 @@ def register_cost(
     ``fn`` is ``fn(model) -> float`` or ``fn(model, example_input) -> float`` (detected
     from its signature unless ``takes_input`` says). ``relative=True`` lets budgets state
     its limit as a fraction of the original model's value when ``<= 1`` (like params);
-    ``noisy=True`` marks measured costs that must be re-checked. Re-registering a name
-    raises ``ValueError`` unless ``overwrite=True``.
+    ``noisy=True`` marks measured costs that must be re-checked; ``unit`` labels its
+    values in reports. Re-registering a name raises ``ValueError`` unless
+    ``overwrite=True``.
     """
 
     def deco(f: CostFn) -> CostFn:
@@ -569,9 +597,10 @@ def _parse_limit(name: str, raw: float | int | str, term: str) -> tuple[float, b
 class Constraint:
     """One hard constraint ``cost(model) <= limit``.
 
-    ``value`` is the number as written and ``percent`` whether it had a ``%``; the
-    limit is *relative* (a fraction of the original model's cost) when written with
-    ``%``, or when the cost is a size cost (``Cost.relative``) and ``value <= 1``.
+    ``name`` is the cost's name and ``cost`` the registered :class:`Cost`; ``value`` is
+    the number as written and ``percent`` whether it had a ``%``; the limit is
+    *relative* (a fraction of the original model's cost) when written with ``%``, or
+    when the cost is a size cost (``Cost.relative``) and ``value <= 1``.
     """
 
     name: str
@@ -592,7 +621,8 @@ class Constraint:
         return self.value if self.relative else None
 
     def resolve(self, original_value: float) -> float:
-        """The absolute limit, given the original model's value of this cost."""
+        """The absolute limit, given ``original_value``, the original model's value of
+        this cost."""
         frac = self.fraction
         return self.value if frac is None else frac * original_value
 
@@ -609,8 +639,9 @@ def _safe_ratio(a: float, b: float) -> float:
 class Budget:
     """Several hard constraints at once; each holds iff ``value <= limit`` (no tolerance).
 
-    Build with keywords, one per registered cost, and ``custom`` for unregistered
-    callables::
+    Build with keywords (``limits``), one per registered cost, and ``custom`` for
+    unregistered callables, ``{name: (fn, limit)}``; ``constraints`` prepends ready
+    :class:`Constraint` objects::
 
         Budget(params=0.3, flops="50%", latency_ms=2.0,
                custom={"conv_channels": (fn, 300)})
@@ -667,6 +698,7 @@ class Budget:
     def parse(cls, text: str) -> Budget:
         """Parse ``"params<=0.3,flops<=50%,latency_ms<=2"`` (names of registered costs).
 
+        ``text`` holds comma-separated terms ``NAME<=NUMBER`` or ``NAME<=NUMBER%``.
         Raises ``ValueError`` naming the bad term and the accepted syntax for empty
         strings, operators other than ``<=``, non-numbers, non-positive limits,
         unknown names and duplicates.
@@ -706,12 +738,20 @@ class Budget:
         if isinstance(budget, str):
             return cls.parse(budget)
         if isinstance(budget, Mapping):
-            return cls(**{str(k): v for k, v in budget.items()})
+            # every key names a registered cost, as the keywords of Budget(...) do; a key
+            # such as "custom" is refused as an unknown cost rather than taken as an option
+            items: list[Constraint] = []
+            for k, v in budget.items():
+                cost = get_cost(str(k))
+                value, percent = _parse_limit(str(k), v, f"{k}={v!r}")
+                items.append(Constraint(cost.name, cost, value, percent))
+            return cls(items)
         raise ValueError(f"cannot make a budget from {budget!r}; {BUDGET_SYNTAX}")
 
     # ----------------------------------------------------------------- queries
     @property
     def constraints(self) -> tuple[Constraint, ...]:
+        """The constraints, in the order given."""
         return self._constraints
 
     @property
@@ -744,7 +784,8 @@ class Budget:
     def measure(
         self, model: nn.Module, example_input: ExampleInput | None = None
     ) -> dict[str, float]:
-        """Each constraint's cost of ``model``, by name."""
+        """Each constraint's cost of ``model``, by name; ``example_input`` is what costs
+        that take an input (MACs, latency) run the model on."""
         return {c.name: c.cost(model, example_input) for c in self._constraints}
 
     def bind(self, original: nn.Module, example_input: ExampleInput | None = None) -> BoundBudget:
@@ -752,7 +793,8 @@ class Budget:
 
         A run binds its budget once, at its start; the :class:`BoundBudget` is then used
         unchanged by the search, projection and the final check, so a relative limit on
-        a noisy cost (latency) cannot move between them.
+        a noisy cost (latency) cannot move between them. ``example_input`` is a batch
+        the model accepts, kept for measuring candidates later.
         """
         return BoundBudget(self, self.measure(original, example_input), example_input)
 
@@ -764,7 +806,8 @@ class BoundBudget:
     limits, both by name; ``limit_vector`` is the limits in constraint order. Measuring
     a candidate costs only the candidate's own cost evaluations. :meth:`to_dict` is
     what a run stores; ``BoundBudget(budget, stored["original"])`` restores it without
-    measuring the original again.
+    measuring the original again. ``budget`` is the :class:`Budget` bound and
+    ``example_input`` the batch candidates are measured on.
     """
 
     def __init__(
@@ -781,6 +824,7 @@ class BoundBudget:
 
     @property
     def names(self) -> list[str]:
+        """Constraint names in order."""
         return self.budget.names
 
     @property
@@ -823,8 +867,8 @@ class BoundBudget:
         return self.ok_of(self.measure(model))
 
     def evaluate(self, model: nn.Module) -> dict[str, dict[str, float | bool]]:
-        """Per constraint: value, original, limit, ratio (value / original), usage
-        (value / limit) and ok (value <= limit)."""
+        """Per constraint of ``model``: value, original, limit, ratio (value / original),
+        usage (value / limit) and ok (value <= limit)."""
         values = self.measure(model)
         out: dict[str, dict[str, float | bool]] = {}
         for name in self.names:

@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,8 @@ class Split:
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, y)`` mini-batches; shuffled with ``generator`` when asked."""
+        """Yield ``(x, y)`` mini-batches of ``batch_size`` (the last may be smaller), in
+        order or, with ``shuffle``, in a random order drawn from ``generator``."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for i in range(0, n, batch_size):
@@ -65,7 +67,15 @@ class Split:
 
 @dataclass
 class Splits:
-    """A dataset split three ways, with what is needed to rebuild its preprocessing."""
+    """A dataset split three ways, with what is needed to rebuild its preprocessing.
+
+    ``train`` trains and fine-tunes, ``reward`` (held out from the training set) scores
+    every candidate of a search, ``test`` is only used for the final report.
+    ``num_classes`` and ``input_shape`` (one sample's, e.g. ``(1, 28, 28)``) describe the
+    task and ``name`` the dataset; ``mean`` and ``std`` are the per-channel
+    normalisation already applied to the inputs, ``augmentation`` the training-time
+    augmentation and ``meta`` anything else a reader records.
+    """
 
     train: Split
     reward: Split
@@ -79,7 +89,7 @@ class Splits:
     meta: dict[str, object] = field(default_factory=dict)
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        """A batch of the first training inputs, for tracing a model."""
+        """A batch of the first ``batch_size`` training inputs, for tracing a model."""
         return self.train.x[:batch_size].clone()
 
     def __repr__(self) -> str:
@@ -108,7 +118,9 @@ def _carve(
     if reward_fraction > 0 and n_reward == 0:
         n_reward = 1
     if n - n_reward < 1:
-        raise ValueError(f"reward_fraction={reward_fraction} leaves no training data")
+        raise ValueError(f"{n} training samples are too few for reward_fraction="
+                         f"{reward_fraction}: it leaves no training data; give more samples "
+                         "or a smaller reward_fraction")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
     r_idx, t_idx = perm[:n_reward].sort().values, perm[n_reward:].sort().values
@@ -214,7 +226,10 @@ def _mnist(root: Path | None, reward_fraction: float, seed: int) -> Splits:
         if len(xs) != len(ys):
             raise DataError(f"MNIST {what} images ({len(xs)}) and labels ({len(ys)}) differ "
                             f"in count, in {base}")
-    to = lambda a: torch.from_numpy(a.copy())  # noqa: E731
+
+    def to(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.copy())
+
     return _build("mnist", to(x_tr) / 255.0, to(y_tr), to(x_te) / 255.0, to(y_te), 10,
                   (0.1307,), (0.3081,), reward_fraction, seed, None)
 
@@ -321,12 +336,15 @@ def load(
     root: str | os.PathLike[str] | None = None,
     reward_fraction: float = 0.1,
     seed: int = 0,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> Splits:
     """Load a dataset by name into in-memory train / reward / test splits.
 
+    ``name`` is ``digits``, ``mnist``, ``cifar10``, ``cifar100`` or ``synthetic``;
     ``root`` (default ``$RLPRUNE_DATA``) is the folder holding the standard files.
-    ``synthetic`` accepts ``shape``, ``num_classes``, ``n_train``, ``n_test``.
+    ``reward_fraction`` of the training set, drawn with ``seed``, is held out as the
+    reward split. ``kwargs`` go to ``synthetic``, which accepts ``shape``,
+    ``num_classes``, ``n_train``, ``n_test``.
     Missing or corrupt files raise :class:`DataError` naming the file and format.
     """
     key = str(name).lower().replace("-", "")
@@ -338,7 +356,7 @@ def load(
     if key in ("cifar10", "cifar100"):
         return _cifar(key, r, reward_fraction, seed)
     if key == "synthetic":
-        return _synthetic(reward_fraction, seed, **kwargs)  # type: ignore[arg-type]
+        return _synthetic(reward_fraction, seed, **kwargs)
     raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(_DATASETS)}")
 
 
@@ -352,9 +370,24 @@ def from_tensors(
     num_classes: int | None = None,
     name: str = "tensors",
 ) -> Splits:
-    """Wrap user tensors (already normalised as the model expects) as :class:`Splits`."""
+    """Wrap user tensors (already normalised as the model expects) as :class:`Splits`.
+
+    ``x_train``/``y_train`` and ``x_test``/``y_test`` are inputs and integer class labels
+    (tensors or arrays); ``reward_fraction`` of the training rows, drawn with ``seed``,
+    are held out as the reward split. ``num_classes`` defaults to the largest label + 1,
+    ``name`` labels the data in reports. Mismatched lengths or shapes and non-finite
+    inputs are a ``ValueError``.
+    """
     xs = [torch.as_tensor(a).float() for a in (x_train, x_test)]
-    ys = [torch.as_tensor(a).long() for a in (y_train, y_test)]
+    raw = [torch.as_tensor(a) for a in (y_train, y_test)]
+    for y, what in zip(raw, ("train", "test")):
+        if y.is_floating_point() and not bool((torch.isfinite(y) & (y == y.round())).all()):
+            bad = y[~(torch.isfinite(y) & (y == y.round()))].flatten()[0].item()
+            raise ValueError(f"y_{what} must hold whole class indices 0, 1, ..., got {bad}")
+    ys = [y.long() for y in raw]
+    if xs[0].shape[0] == 0:
+        raise ValueError("x_train is empty: rlprune needs training samples (the reward split "
+                         "that scores candidates is carved from them)")
     for x, y, what in ((xs[0], ys[0], "train"), (xs[1], ys[1], "test")):
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x_{what} has {x.shape[0]} rows but y_{what} has {y.shape[0]}")
@@ -367,7 +400,14 @@ def from_tensors(
     if xs[0].shape[1:] != xs[1].shape[1:]:
         raise ValueError(f"train inputs {tuple(xs[0].shape[1:])} and test inputs "
                          f"{tuple(xs[1].shape[1:])} differ in shape")
-    k = num_classes or int(max(ys[0].max(), ys[1].max())) + 1
+    for y, what in zip(ys, ("train", "test")):
+        if len(y) and int(y.min()) < 0:
+            raise ValueError(f"y_{what} holds labels below 0 (min {int(y.min())}); class "
+                             "indices run 0..num_classes-1")
+        if len(y) and num_classes and int(y.max()) >= num_classes:
+            raise ValueError(f"y_{what} holds label {int(y.max())}, but num_classes is "
+                             f"{num_classes}: class indices run 0..{num_classes - 1}")
+    k = num_classes or max(int(y.max()) for y in ys if len(y)) + 1
     train, reward = _carve(xs[0], ys[0], reward_fraction, seed)
     return Splits(train=train, reward=reward, test=Split(xs[1], ys[1]), num_classes=k,
                   input_shape=tuple(xs[0].shape[1:]), name=name)
@@ -380,7 +420,8 @@ def as_splits(data: object, reward_fraction: float = 0.1, seed: int = 0) -> Spli
     if isinstance(data, str):
         return load(data, reward_fraction=reward_fraction, seed=seed)
     if isinstance(data, tuple | list) and len(data) == 4:
-        return from_tensors(*data, reward_fraction=reward_fraction, seed=seed)
+        x_tr, y_tr, x_te, y_te = data
+        return from_tensors(x_tr, y_tr, x_te, y_te, reward_fraction=reward_fraction, seed=seed)
     raise TypeError(
         "data must be a rlprune.data.Splits, a dataset name, or a tuple "
         f"(x_train, y_train, x_test, y_test); got {type(data).__name__}"
@@ -389,7 +430,12 @@ def as_splits(data: object, reward_fraction: float = 0.1, seed: int = 0) -> Spli
 
 def augment(x: torch.Tensor, kind: str | None, generator: torch.Generator | None = None,
             pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding (and horizontal flip for ``crop_flip``) of a batch."""
+    """Random crop with zero padding (and horizontal flip for ``crop_flip``) of a batch.
+
+    ``x`` is an NCHW batch (other shapes are returned unchanged), ``kind`` is ``"crop"``,
+    ``"crop_flip"`` or ``None`` (no augmentation), ``pad`` the zero padding before the
+    crop, and ``generator`` draws the offsets and flips.
+    """
     if kind is None or x.dim() != 4:
         return x
     n, _, h, w = x.shape

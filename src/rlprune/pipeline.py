@@ -29,12 +29,32 @@ from typing import Any
 import yaml
 
 __all__ = ["RunConfig", "load_config", "run_prune", "run_compare", "demo", "cache_dir",
-           "pretrain", "pretrained", "PRETRAIN_LR"]
+           "pretrain", "pretrained", "registry_model", "PRETRAIN_LR"]
 
 
 @dataclass
 class RunConfig:
-    """Every setting of a prune or compare run (each is also a CLI flag)."""
+    """Every setting of a prune or compare run (each is also a CLI flag).
+
+    What: a registry ``model`` (pretrained for ``pretrain_epochs`` and cached) or a
+    ``checkpoint``, pruned on the dataset ``data`` (files in ``data_dir``, default
+    ``$RLPRUNE_DATA``) of which ``reward_fraction`` of the training set is held out as
+    the reward split, to fit ``budget`` (a budget string) at ``granularity``
+    (``channel`` or ``weight``) with channels or weights ranked by ``importance``.
+
+    How: ``method`` (``rlprune prune``) or ``methods`` (``rlprune compare``) search for
+    ``episodes`` candidate evaluations, each candidate fine-tuned for
+    ``search_finetune_steps`` SGD steps and scored with the ``reward`` scheme (default:
+    the method's) on the first ``reward_samples`` of the reward split (``dense_samples``
+    for the per-layer rewards of dense schemes), stopping early when ``race`` is on and
+    it cannot beat the best; the result is fine-tuned for ``finetune_epochs`` at
+    ``finetune_lr``, distilling from the original with ``distill``. ``seed`` makes the
+    run reproducible.
+
+    Output: the run directory ``out``, with ``pruned.onnx`` when ``onnx``, the PNG plots
+    when ``plots`` and TensorBoard scalars when ``tensorboard``; ``quiet`` hides the
+    progress bars.
+    """
 
     model: str | None = None  # registry name (pretrained and cached if no checkpoint)
     checkpoint: str | None = None  # a checkpoint written by `rlprune pretrain` / save_checkpoint
@@ -45,7 +65,7 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: ["cpl", "purl", "amc", "uniform",
                                                         "random", "global", "lamp"])
     granularity: str = "channel"
-    importance: str = "l1"
+    importance: str = "l2"  # space.DEFAULT_IMPORTANCE; not imported, the CLI starts fast
     episodes: int = 300
     finetune_epochs: int = 0
     finetune_lr: float = 0.01
@@ -88,7 +108,8 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML config; unknown keys raise ``ValueError`` naming them."""
+    """Read the YAML config at ``path`` as ``{key: value}``; unknown keys raise
+    ``ValueError`` naming them, and a value of the wrong type names its key."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file not found: {p}")
@@ -163,13 +184,38 @@ def pretrain(model_name: str, splits: Any, epochs: int, lr: float | None = None,
     The one pretraining path: ``rlprune pretrain`` and the cached :func:`pretrained` both
     call it. The input channels (and ``lenet300``'s image side) come from the data; the
     initial weights come from ``seed`` alone, without reseeding the caller's global torch
-    RNG. Returns ``(model, meta)`` with ``meta`` as stored in a checkpoint: dataset,
-    normalisation, input shape, classes, test accuracy, epochs, seed, training seconds
-    and the per-epoch curves.
+    RNG. Training is :func:`rlprune.train.fit` for ``epochs`` at learning rate ``lr``
+    (default :data:`PRETRAIN_LR`) with ``batch_size`` and ``weight_decay``; ``progress``
+    shows a bar. Returns ``(model, meta)`` with ``meta`` as stored in a checkpoint:
+    dataset, normalisation, input shape, classes, test accuracy, epochs, seed, training
+    seconds and the per-epoch curves.
     """
     import torch
 
-    from rlprune import models, train
+    from rlprune import train
+
+    with torch.random.fork_rng(devices=[]):
+        # the CPU generator only: torch.manual_seed would also reseed every CUDA
+        # generator, which fork_rng(devices=[]) does not restore
+        torch.default_generator.manual_seed(seed)
+        model = registry_model(model_name, splits)
+    t0 = time.perf_counter()
+    curves = train.fit(model, splits, epochs=epochs, lr=PRETRAIN_LR if lr is None else lr,
+                       batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+                       progress=progress, desc=f"pretrain {model_name}")
+    wall = time.perf_counter() - t0
+    acc = train.evaluate(model, splits.test.x, splits.test.y)
+    meta = {"dataset": splits.name, "mean": list(splits.mean), "std": list(splits.std),
+            "input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
+            "test_accuracy": acc, "epochs": epochs, "seed": seed,
+            "train_seconds": round(wall, 1), "curves": curves}
+    return model, meta
+
+
+def registry_model(model_name: str, splits: Any) -> Any:
+    """The registry model ``model_name`` shaped for ``splits`` (its input channels and
+    classes; ``lenet300``'s image side), with fresh weights."""
+    from rlprune import models
 
     shape = tuple(splits.input_shape)
     kwargs: dict[str, Any] = {}
@@ -178,28 +224,18 @@ def pretrain(model_name: str, splits: Any, epochs: int, lr: float | None = None,
             raise ValueError(f"lenet300 needs square images, got {shape[1]}x{shape[2]} "
                              f"from {splits.name}")
         kwargs["input_size"] = shape[-1]
-    with torch.random.fork_rng(devices=[]):
-        # the CPU generator only: torch.manual_seed would also reseed every CUDA
-        # generator, which fork_rng(devices=[]) does not restore
-        torch.default_generator.manual_seed(seed)
-        model = models.create(model_name, num_classes=splits.num_classes,
-                              in_channels=shape[0] if len(shape) == 3 else 1, **kwargs)
-    t0 = time.perf_counter()
-    curves = train.fit(model, splits, epochs=epochs, lr=PRETRAIN_LR if lr is None else lr,
-                       batch_size=batch_size, weight_decay=weight_decay, seed=seed,
-                       progress=progress, desc=f"pretrain {model_name}")
-    wall = time.perf_counter() - t0
-    acc = train.evaluate(model, splits.test.x, splits.test.y)
-    meta = {"dataset": splits.name, "mean": list(splits.mean), "std": list(splits.std),
-            "input_shape": list(shape), "num_classes": splits.num_classes,
-            "test_accuracy": acc, "epochs": epochs, "seed": seed,
-            "train_seconds": round(wall, 1), "curves": curves}
-    return model, meta
+    return models.create(model_name, num_classes=splits.num_classes,
+                         in_channels=shape[0] if len(shape) == 3 else 1, **kwargs)
 
 
 def pretrained(model_name: str, splits: Any, epochs: int, seed: int = 0,
                progress: bool = True) -> tuple[Any, dict[str, Any]]:
-    """:func:`pretrain` with its defaults, cached so every method and run reuses it."""
+    """:func:`pretrain` with its defaults, cached so every method and run reuses it.
+
+    ``model_name``, ``splits``, ``epochs``, ``seed`` and ``progress`` are
+    :func:`pretrain`'s; the cache (:func:`cache_dir`) is keyed by model, dataset, epochs
+    and seed.
+    """
     from rlprune import train
 
     path = cache_dir() / f"{model_name}_{splits.name}_e{epochs}_s{seed}.pt"
@@ -223,7 +259,11 @@ def _load_inputs(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
 
     splits = data.load(cfg.data or "", root=cfg.data_dir, reward_fraction=cfg.reward_fraction,
                        seed=cfg.seed)
-    if cfg.checkpoint:
+    if cfg.checkpoint and cfg.model:
+        # a plain state dict of a registry model: read with weights_only=True (no code runs)
+        model, meta = train.load_checkpoint(cfg.checkpoint,
+                                            model=registry_model(cfg.model, splits))
+    elif cfg.checkpoint:
         model, meta = train.load_checkpoint(cfg.checkpoint)
     else:
         model, meta = pretrained(cfg.model or "", splits, cfg.pretrain_epochs, cfg.seed,
@@ -309,24 +349,66 @@ def _bound_budget(cfg: RunConfig, model: Any, ex: Any, run_dir: Path | None,
     return budget.bind(model, ex)
 
 
+def _check_out(out: str | None) -> None:
+    """A clear error now, not after the search, for an output folder that cannot be made."""
+    if not out:
+        return
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {p} is a file, not a directory: give a folder for the run")
+    parent = p
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {p} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {p} cannot be written: {parent} is not writable; choose "
+                         "another --out")
+
+
+def _check_not_another_run(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse to start a run in a folder holding a run with other settings (it would
+    lose that run's log and report): resume it, or choose another folder."""
+    stored_path = run_dir / "config.yaml"
+    if not stored_path.is_file():
+        return
+    stored = dataclasses.asdict(RunConfig(**load_config(stored_path)))
+    for key, value in dataclasses.asdict(cfg).items():
+        if key not in ("out", "quiet") and stored.get(key) != value:
+            raise ValueError(
+                f"--out {run_dir} already holds a different run ({stored_path} has {key}: "
+                f"{stored.get(key)}, this run {value}): --resume {run_dir} continues that "
+                "run; to start this one, choose another --out"
+            )
+
+
 def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
-    """Prune as configured, write the run directory, return the ``PruneResult``.
+    """Prune as configured by ``cfg``, write the run directory, return the ``PruneResult``.
+
+    ``resume`` continues the run in ``cfg.out`` (its settings must equal the stored
+    ones); ``command`` is the command line recorded in the report.
 
     The budget is bound once at the start and stored in ``budget.json``; a resumed run
     reads it back instead of measuring the original model again, and replays the
     candidates of ``log.jsonl``.
     """
     from rlprune import api, report
+    from rlprune.costs import Budget
     from rlprune.fileio import atomic_write_json
     from rlprune.history import History
 
     cfg.validate()
     _check_names(cfg, [cfg.method])
+    api.budget_for(Budget.parse(cfg.budget or ""), cfg.granularity)  # before any loading
+    _check_out(cfg.out)
+    if cfg.out and not resume:
+        _check_not_another_run(Path(cfg.out), cfg)
     model, splits, _ = _load_inputs(cfg)
     run_dir = Path(cfg.out) if cfg.out else None
     log_path = None if run_dir is None else run_dir / "log.jsonl"
     replay: list[Any] = _read_log(log_path) if (resume and log_path is not None) else []
     ex = splits.example_input(1)
+    api.check_inputs(model, splits, ex)
     bound = _bound_budget(cfg, model, ex, run_dir, resume)
     env = api.make_env(model, splits, bound, cfg.method, cfg.granularity, cfg.importance, ex,
                        seed=cfg.seed, history=History(replay), **_env_kwargs(cfg))
@@ -360,13 +442,18 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
 
 
 def run_compare(cfg: RunConfig, command: str = "") -> list[Any]:
-    """Every method of ``cfg.methods`` on the same checkpoint and budget; writes the table."""
+    """Every method of ``cfg.methods`` on the same checkpoint and budget; writes the table.
+
+    ``command`` is the command line recorded in the reports. Returns the methods'
+    ``PruneResult`` objects, in order.
+    """
     from rlprune import api, report
     from rlprune.costs import Budget
 
     cfg.validate()
     Budget.parse(cfg.budget or "")
     _check_names(cfg, list(cfg.methods))
+    _check_out(cfg.out)
     model, splits, _ = _load_inputs(cfg)
     ex = splits.example_input(1)
     env_kwargs = _env_kwargs(cfg)
@@ -401,7 +488,12 @@ def run_compare(cfg: RunConfig, command: str = "") -> list[Any]:
 
 # ------------------------------------------------------------------------------- demo
 def demo(out: str = "runs/demo", quiet: bool = False, episodes: int = 40) -> int:
-    """Pretrain digits_cnn (cached), compare every method at ``params<=0.3``, write a run."""
+    """Pretrain digits_cnn (cached), compare every method at ``params<=0.3``, write a run.
+
+    ``episodes`` candidate evaluations per searching method; the comparison and a full
+    run of the best method go to ``out``; ``quiet`` hides the progress bars. Returns the
+    exit status (0).
+    """
     cfg = RunConfig(model="digits_cnn", data="digits", budget="params<=0.3",
                     granularity="channel", episodes=episodes, finetune_epochs=3,
                     finetune_lr=0.02, pretrain_epochs=15, out=out, quiet=quiet)

@@ -17,6 +17,7 @@ import copy
 import io
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,10 @@ def compute_device(device: Device = None) -> torch.device:
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 
@@ -98,7 +99,8 @@ def _on_device(model: nn.Module, device: Device) -> Iterator[torch.device]:
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
              device: Device = None) -> float:
     """Top-1 accuracy in [0, 1] of ``model`` on ``(x, y)``, in eval mode, no autograd,
-    computed on ``compute_device(device)``."""
+    computed on ``compute_device(device)`` in batches of ``batch_size`` (NaN if ``y`` is
+    empty)."""
     if len(y) == 0:
         return float("nan")
     was_training = model.training
@@ -152,14 +154,19 @@ def fit(
 ) -> dict[str, list[float]]:
     """Train ``model`` in place on ``splits.train`` and return per-epoch curves.
 
-    SGD with Nesterov-free momentum and a cosine learning-rate schedule to zero;
-    ``teacher`` (e.g. the unpruned model) adds knowledge distillation with weight
-    ``distill_alpha``. Augmentation follows ``splits.augmentation``. ``max_steps``
-    caps the number of optimiser steps (a short fine-tune). ``keep_zeros`` keeps
-    every weight of a conv/linear layer that is zero at the start at zero (fine-tuning
-    a weight-pruned model without regrowing what was pruned). Accuracy on the reward
-    split is reported per epoch (never the test split). Training runs on
-    ``compute_device(device)`` and the model is back on its own device afterwards.
+    ``epochs`` passes over the training split in shuffled batches of ``batch_size``,
+    SGD with Nesterov-free ``momentum``, ``weight_decay`` and a cosine schedule from
+    ``lr`` to zero; ``label_smoothing`` softens the targets of the cross-entropy and
+    ``seed`` fixes the batch order and augmentation. ``teacher`` (e.g. the unpruned
+    model) adds knowledge distillation with weight ``distill_alpha`` at softmax
+    ``temperature``. Augmentation follows ``splits.augmentation``. ``progress`` shows
+    a bar labelled ``desc``. ``max_steps`` caps the number of optimiser steps (a short
+    fine-tune). ``keep_zeros`` keeps every weight of a conv/linear layer that is zero at
+    the start at zero (fine-tuning a weight-pruned model without regrowing what was
+    pruned). Accuracy on the reward split is reported per epoch (never the test split).
+    Training runs on ``compute_device(device)`` and the model is back on its own device
+    afterwards.
+    Returns ``{"loss", "train_acc", "reward_acc"}``, one value per epoch.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -236,7 +243,8 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
     longer match; re-estimating them from a few hundred training inputs (no labels,
     no gradient) recovers much of the accuracy a pruned model shows before
     fine-tuning (adaptive BN, as in EagleEye, Li et al. 2020), which makes the
-    search's candidate scores far more informative. Returns whether any BN was found.
+    search's candidate scores far more informative. ``x`` is fed in batches of
+    ``batch_size`` on ``compute_device(device)``. Returns whether any BN was found.
     """
     bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
     if not bns or len(x) == 0:
@@ -284,7 +292,13 @@ def finetune_steps(
     device: Device = None,
 ) -> None:
     """A short fine-tune of ``steps`` SGD steps at a constant rate (used inside a search),
-    on ``compute_device(device)``."""
+    on ``compute_device(device)``.
+
+    ``model`` is trained in place on the ``train`` split, in shuffled batches of
+    ``batch_size`` at learning rate ``lr`` (momentum 0.9), with ``augmentation``
+    (``None``, ``"crop"`` or ``"crop_flip"``, see :func:`~rlprune.data.augment`) and
+    the batch order fixed by ``seed``; ``keep_zeros`` keeps pruned weights at zero.
+    """
     if steps <= 0:
         return
     with _on_device(model, device) as dev:
@@ -315,7 +329,8 @@ def _same_shapes(a: nn.Module, b: nn.Module) -> bool:
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module,
                     meta: dict[str, Any] | None = None) -> None:
-    """Save ``model`` with its architecture and ``meta`` (dataset, normalisation, accuracy).
+    """Save ``model`` with its architecture and ``meta`` (dataset, normalisation, accuracy)
+    to ``path``, atomically.
 
     Registry models whose shapes still match the registry are stored by name + state
     dict; anything else (user models, physically pruned models) is stored as the whole
@@ -334,34 +349,109 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module,
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | os.PathLike[str], model: nn.Module | None = None
+                    ) -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint`. Returns ``(model, meta)``.
 
-    A bare pickled ``nn.Module`` (``torch.save(model, path)``) is accepted too, with an
-    empty ``meta``. Anything else, a plain state dict included (it does not say which
-    architecture to build), raises :class:`CheckpointError` naming the file.
+    Loading unpickles the file, and unpickling runs whatever code the file names: load
+    only checkpoints you trust. A bare pickled ``nn.Module`` (``torch.save(model, path)``)
+    is accepted too, with an empty ``meta``.
+
+    The safe path: with ``model`` (an ``nn.Module`` of the file's architecture) the file
+    is read with ``torch.load(weights_only=True)``, which runs no code. It may hold a plain
+    state dict (``torch.save(net.state_dict(), path)``) or an rlprune checkpoint stored by
+    name and state dict; the weights are loaded into a copy of ``model`` (``model`` itself
+    is not changed). Anything that cannot be loaded, a plain state dict without ``model``
+    included (it does not say which architecture to build), raises
+    :class:`CheckpointError` naming the file and what to do.
     """
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {p} is a directory, not a file")
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
+    safe = model is not None
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=False)
+        payload = torch.load(p, map_location="cpu", weights_only=safe)
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {p}: {type(e).__name__}: {e}") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if safe and found:
+            raise CheckpointError(
+                f"cannot read {p} with weights_only=True: it holds pickled code or objects "
+                f"({found.group(1)}), not only tensors; load it as a full checkpoint (without "
+                "--model / model=) only if you trust the file: unpickling runs its code"
+            ) from None
+        raise CheckpointError(f"cannot read checkpoint {p} (truncated, corrupt, or not written "
+                              f"by torch.save): {type(e).__name__}: {e}") from None
+    if model is not None:
+        is_ckpt = isinstance(payload, dict) and "state_dict" in payload
+        state = payload["state_dict"] if is_ckpt else payload
+        meta = payload.get("meta") if is_ckpt else None
+        out = copy.deepcopy(model)
+        _load_weights(out, state, p, type(model).__name__)
+        return out.eval(), dict(meta) if isinstance(meta, dict) else {}
     if isinstance(payload, nn.Module):
         return payload.eval(), {}
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor)
+                                                     for v in payload.values()):
+        raise CheckpointError(
+            f"{p} is not an rlprune checkpoint but a plain state dict, which does not say "
+            "which architecture to build: "
+            "give --model NAME with it (a registry model, see `rlprune models`), or in "
+            "Python load_checkpoint(path, model=net); both read it with weights_only=True"
+        )
     if not isinstance(payload, dict) or ("module" not in payload and "state_dict" not in payload):
         raise CheckpointError(
             f"{p} is not an rlprune checkpoint (expected one written by rlprune pretrain / "
             "rlprune.save_checkpoint, or a pickled nn.Module)"
         )
-    meta = dict(payload.get("meta", {}))
+    meta = payload.get("meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}
     if "module" in payload:
-        model = payload["module"]
-    else:
-        model = models.create(**payload["arch"])
-        model.load_state_dict(payload["state_dict"])
-    return model.eval(), meta
+        module = payload["module"]
+        if not isinstance(module, nn.Module):
+            raise CheckpointError(f"{p}: its 'module' entry is a {type(module).__name__}, "
+                                  "not an nn.Module")
+        return module.eval(), meta
+    arch = payload.get("arch")
+    if not isinstance(arch, dict):
+        raise CheckpointError(
+            f"{p} holds a state dict but does not say which architecture to build (no 'arch' "
+            "entry): give --model NAME with it, or in Python load_checkpoint(path, model=net)"
+        )
+    try:
+        built = models.create(**arch)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{p} names an architecture rlprune cannot build: {e}") from None
+    what = f"{arch.get('name')}(" + ", ".join(f"{k}={v}" for k, v in arch.items()
+                                              if k != "name") + ")"
+    _load_weights(built, payload["state_dict"], p, what)
+    return built.eval(), meta
+
+
+def _load_weights(model: nn.Module, state: Any, path: Path, what: str) -> None:
+    """``model.load_state_dict(state)``, or a one-line :class:`CheckpointError` saying
+    how the file's weights differ from the model's."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{path} holds no state dict (names mapped to tensors) for {what}")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    other = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or other:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) missing (first {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]!r})")
+        if other:
+            k = other[0]
+            parts.append(f"{len(other)} of another shape (first {k!r}: "
+                         f"{tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the "
+                         "model)")
+        raise CheckpointError(f"the weights in {path} do not fit {what}: {'; '.join(parts)}")
+    model.load_state_dict(state)
 
 
 def cached(path: Path, build: Callable[[], tuple[nn.Module, dict[str, Any]]]
