@@ -47,7 +47,7 @@ from rlprune import costs, train
 from rlprune.costs import BoundBudget, BudgetInfeasibleError
 from rlprune.data import Splits
 from rlprune.evaluate import EvalOptions, Evaluator
-from rlprune.space import PruningSpace
+from rlprune.space import DEFAULT_IMPORTANCE, PruningSpace
 
 __all__ = ["PEERS", "PeerSetup", "peers_for", "run_peer", "run_peers", "lamp_scores",
            "output_layers", "tp_prune", "magnitude_prune", "lamp_prune", "remeasure",
@@ -86,7 +86,7 @@ class PeerSetup:
     finetune_epochs: int = 0
     finetune_lr: float = 0.01
     seed: int = 0
-    importance: str = "l1"
+    importance: str = DEFAULT_IMPORTANCE
     space: PruningSpace | None = None
 
     def evaluator(self) -> Evaluator:

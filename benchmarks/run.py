@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not write docs/RESULTS.md (the search plot goes to the run "
                          "directory instead of docs/plots/)")
     ap.add_argument("--out", default=None, help="run directory (default runs/bench-NAME)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="override the config's seed (searches and the reward split)")
     args = ap.parse_args(argv)
 
     cfg_path = ROOT / "configs" / f"{args.name}.yaml"
@@ -260,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         values["episodes"] = args.episodes
     if args.data_dir:
         values["data_dir"] = args.data_dir
-    values["out"] = args.out or str(ROOT / "runs" / f"bench-{args.name}")
+    suffix = "" if args.seed is None else f"-seed{args.seed}"
+    if args.seed is not None:
+        values["seed"] = args.seed
+    values["out"] = args.out or str(ROOT / "runs" / f"bench-{args.name}{suffix}")
     values.setdefault("quiet", True)
     cfg = pipeline.RunConfig(**values)
     if cfg.checkpoint:
@@ -300,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_append:
         plot_path = Path(cfg.out or ".") / "search-spend.png"
     else:
-        plot_path = ROOT / "docs" / "plots" / f"{args.name}-search.png"
+        plot_path = ROOT / "docs" / "plots" / f"{args.name}{suffix}-search.png"
     plot_search_spend(results, peer_rows, plot_path,
                       title=f"{args.name}: budget {cfg.budget} ({cfg.granularity}), "
                             f"{cfg.episodes} evaluations per searching method")

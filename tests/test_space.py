@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_pruning as tp
 from torch import nn
 
 from rlprune import costs, models
@@ -541,14 +542,21 @@ def test_global_scores_share_one_scale() -> None:
     space = PruningSpace.from_model(model, x)
     scores = space.global_scores()
     assert [len(s) for s in scores] == [16, 32, 64]
-    conv0 = model.features[0].weight.detach()
-    assert np.allclose(scores[0], conv0.abs().mean((1, 2, 3)).numpy())
+    # the default ranks channel groups as Torch-Pruning does, mean-normalised per group
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=x[:1])
+    group = dg.get_pruning_group(model.features[0], tp.prune_conv_out_channels, list(range(16)))
+    expected = tp.importance.GroupMagnitudeImportance(p=2)(group).double().numpy()
+    assert np.allclose(scores[0], expected) and all(np.isclose(s.mean(), 1.0) for s in scores)
+    l1 = PruningSpace.from_model(model, x, importance="l1").global_scores()
+    expected = tp.importance.GroupMagnitudeImportance(p=1)(group).double().numpy()
+    assert np.allclose(l1[0], expected) and not np.allclose(l1[0], scores[0])
     torch.manual_seed(3)
     with torch.no_grad():
         model.features[4].weight.uniform_(0.1, 2.0)
     bn = PruningSpace.from_model(model, x, importance="bn_scale").global_scores()
     assert np.allclose(bn[1], model.features[4].weight.detach().abs().numpy())
-    weights = PruningSpace.from_model(model, x, granularity="weight").global_scores()
+    weights = PruningSpace.from_model(model, x, granularity="weight",
+                                      importance="l1").global_scores()
     assert np.allclose(weights[1], model.features[3].weight.detach().abs().flatten().numpy())
     scores[0][:] = -1  # a copy: the space's own scores are unchanged
     assert space.global_scores()[0].min() >= 0

@@ -42,7 +42,7 @@ from rlprune.data import Splits
 from rlprune.evaluate import EvalOptions, Evaluator
 from rlprune.history import Candidate, History
 from rlprune.rewards import RewardFn
-from rlprune.space import PruningSpace
+from rlprune.space import DEFAULT_IMPORTANCE, PruningSpace
 
 __all__ = ["PruningEnv"]
 
@@ -62,6 +62,20 @@ class PruningEnv(gym.Env):
     space, bound budget and splits are then used and the other evaluation arguments
     must be left out. ``rlprune.prune`` binds the budget once per run and passes it
     bound.
+
+    The pieces: ``space`` (default: built from ``model`` with ``granularity`` and
+    ``importance``), ``example_input`` (default: one sample of ``splits``), ``history``
+    where candidates are recorded, and the :class:`~rlprune.evaluate.EvalOptions`
+    ``bn_samples``, ``finetune_steps``, ``finetune_lr``, ``eval_batch_size``,
+    ``reward_samples``, ``dense_samples``, ``seed`` and ``race_z``, and ``reward`` (a
+    scheme name or function, :mod:`rlprune.rewards`) with its ``reward_options``.
+
+    The MDP: ``action`` is ``"continuous"`` (a prune ratio in ``[0, a_max]``; default
+    ``a_max``: the largest ratio any entry allows) or ``"discrete"`` (an index into
+    ``levels``, default ten ratios evenly spaced in ``[0, a_max]``); ``repair`` chooses
+    which candidate an episode scores: ``"none"`` the policy as chosen (the paper's
+    MDP), ``"project"`` its projection onto the budget when it violates it,
+    ``"boundary"`` the policy scaled onto the budget's boundary.
     """
 
     metadata = {"render_modes": []}
@@ -73,7 +87,7 @@ class PruningEnv(gym.Env):
         budget: Budget | BoundBudget | str | None = None,
         space: PruningSpace | None = None,
         granularity: str = "channel",
-        importance: str = "l1",
+        importance: str = DEFAULT_IMPORTANCE,
         reward: str | RewardFn = "terminal_accuracy",
         action: str = "continuous",
         a_max: float | None = None,
@@ -131,8 +145,8 @@ class PruningEnv(gym.Env):
         #: Whether discrete levels are the env's default grid (a method may replace them).
         self.default_levels = levels is None
         if action == "continuous":
-            self.levels = None
-            self.action_space: spaces.Space = spaces.Box(0.0, self.a_max, (1,), np.float32)
+            self.levels: np.ndarray | None = None
+            self.action_space: spaces.Space[Any] = spaces.Box(0.0, self.a_max, (1,), np.float32)
         elif action == "discrete":
             self.set_levels(levels if levels is not None else np.linspace(0.0, self.a_max, 10))
         else:
@@ -189,14 +203,25 @@ class PruningEnv(gym.Env):
         return np.clip(np.concatenate([self._static[t], dyn]), 0.0, 1.0).astype(np.float32)
 
     # ------------------------------------------------------------- gym contract
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode at the first entry with nothing pruned; gymnasium's contract.
+
+        ``seed`` seeds the env's ``np_random`` (gymnasium's convention); ``options`` is
+        accepted and unused. Returns the first observation and an empty ``info``.
+        """
         super().reset(seed=seed)
         self._t = 0
         self._policy = np.zeros(self.T, dtype=np.float64)
         return self._obs(), {}
 
     def set_levels(self, levels: Sequence[float] | np.ndarray) -> None:
-        """Replace the prune ratios of a discrete action space (before an agent is built)."""
+        """Replace the prune ratios of a discrete action space (before an agent is built).
+
+        ``levels`` are prune ratios in ``[0, 1)``; the action space becomes
+        ``Discrete(len(levels))``.
+        """
         lv = [float(v) for v in levels]
         if not lv or min(lv) < 0 or max(lv) >= 1:
             raise ValueError(f"discrete levels must lie in [0, 1), got {lv}")
@@ -212,7 +237,15 @@ class PruningEnv(gym.Env):
             a = 0.0
         return float(np.clip(a, 0.0, self.a_max))
 
-    def step(self, action: Any):
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Prune the current entry by ``action`` and move to the next; gymnasium's contract.
+
+        ``action`` is a prune ratio (continuous) or a level index (discrete), capped at
+        the entry's maximum. Returns ``(observation, reward, terminated, truncated,
+        info)``: the episode terminates after the last entry, when the policy is
+        evaluated and ``info`` carries its costs, accuracy and candidate (module
+        docstring); ``truncated`` is always ``False``.
+        """
         if self._t >= self.T:
             raise RuntimeError("step() called after the episode ended; call reset()")
         t = self._t

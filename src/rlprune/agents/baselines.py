@@ -26,7 +26,7 @@ from rlprune.env import PruningEnv
 from rlprune.projection import bisect_boundary
 
 __all__ = ["Uniform", "RandomSearch", "GlobalThreshold", "LAMP", "bisect_feasible",
-           "lamp_scores", "threshold_policy", "heuristic_policies"]
+           "lamp_scores", "space_lamp_scores", "threshold_policy", "heuristic_policies"]
 
 
 def bisect_feasible(
@@ -37,8 +37,10 @@ def bisect_feasible(
     """Smallest level ``s`` in [0, 1] whose ``make_policy(s)`` is feasible (bisection).
 
     ``make_policy(0)`` is the least pruning and ``make_policy(1)`` the most; costs must
-    not grow with ``s`` (wider is never cheaper). Raises ``BudgetInfeasibleError`` when
-    even ``make_policy(1)`` violates the budget.
+    not grow with ``s`` (wider is never cheaper). ``ratios_of(policy)`` are the policy's
+    cost ratios (value / limit per constraint, ``<= 1`` holds); ``iters`` bisection steps
+    are measured. Raises ``BudgetInfeasibleError`` when even ``make_policy(1)`` violates
+    the budget.
     """
     if np.all(ratios_of(make_policy(0.0)) <= 1.0):
         return make_policy(0.0)
@@ -103,9 +105,23 @@ def lamp_scores(scores: np.ndarray) -> np.ndarray:
     return out
 
 
+def space_lamp_scores(env: PruningEnv) -> list[np.ndarray]:
+    """LAMP scores of every entry of ``env``'s space. LAMP squares magnitudes, so the
+    space's scores are taken as magnitudes: under ``l2`` importance they are already
+    squared (``w^2``, or a channel's summed ``|w|^2``), and their square root is used."""
+    space = env.evaluator.space
+    scores = space.global_scores()
+    if space.importance == "l2":
+        scores = [np.sqrt(np.maximum(x, 0.0)) for x in scores]
+    return [lamp_scores(x) for x in scores]
+
+
 def threshold_policy(env: PruningEnv, scores: list[np.ndarray]) -> np.ndarray:
     """One global threshold over per-entry ``scores`` (lower pruned first), bisected so
-    the budget is just met: per entry, the fraction of its scores under the threshold."""
+    the budget is just met: per entry, the fraction of its scores under the threshold.
+
+    ``env`` supplies the entries' caps and measures the candidates' costs.
+    """
     ev = env.evaluator
     sorted_scores = [np.sort(np.asarray(x, dtype=np.float64).ravel()) for x in scores]
     allv = np.sort(np.concatenate(sorted_scores))
@@ -145,7 +161,7 @@ def heuristic_policies(env: PruningEnv) -> dict[str, np.ndarray]:
     return {
         "uniform": ev.project(np.minimum(ev.uniform_policy(), env.max_ratios)),
         "global": threshold_policy(env, global_scores(env)),
-        "lamp": threshold_policy(env, [lamp_scores(x) for x in ev.space.global_scores()]),
+        "lamp": threshold_policy(env, space_lamp_scores(env)),
     }
 
 
@@ -171,6 +187,6 @@ class LAMP(Searcher):
     searching = False
 
     def _run(self, env: PruningEnv) -> None:
-        scores = [lamp_scores(x) for x in env.evaluator.space.global_scores()]
+        scores = space_lamp_scores(env)
         cand = env.evaluator.evaluate(threshold_policy(env, scores), episode=0)
         self._episode_end(env, cand.reward)
