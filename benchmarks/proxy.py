@@ -34,7 +34,6 @@ import yaml
 from benchmarks.ablation import BENCHES, ROOT
 from rlprune import api, data, pipeline, train
 from rlprune.agents.baselines import heuristic_policies
-from rlprune.costs import Budget
 from rlprune.evaluate import Evaluator
 
 PROXIES = {
@@ -74,7 +73,7 @@ def candidates(bench: str, n: int, seed: int, data_dir: str | None):
     else:
         model, _ = train.load_checkpoint(ROOT / ckpt)
         n_reward = 1000
-    bound = Budget.parse(budget).bind(model, splits.example_input(1))
+    bound = api.budget_for(budget, gran).bind(model, splits.example_input(1))
     env = api.make_env(model, splits, bound, "random", granularity=gran, seed=seed,
                        reward_samples=n_reward, race_z=None)
     ev = env.evaluator
