@@ -272,7 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         ensure_checkpoint(cfg.checkpoint, cfg.data_dir)
         cfg.checkpoint = str(ROOT / cfg.checkpoint)
 
-    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    shown = list(argv if argv is not None else sys.argv[1:])
+    for i, arg in enumerate(shown):  # where the data lives is the reader's, not ours
+        if arg.startswith("--data-dir="):
+            shown[i] = "--data-dir=DIR"
+        elif arg == "--data-dir" and i + 1 < len(shown):
+            shown[i + 1] = "DIR"
+    command = "python -m benchmarks.run " + " ".join(shown)
     started = _dt.datetime.now(_dt.timezone.utc)
     results = pipeline.run_compare(cfg, command=command)
     original = results[0].original
