@@ -4,7 +4,8 @@
     python -m benchmarks.ablation l5w 100 0,1,2 cpl,cpl-paper,cpl:nowarm,amc,lamp
 
 BENCH is one of ``digits`` (digits_cnn, params<=0.3, channel), ``l5w`` (LeNet-5 MNIST,
-params<=0.08, weight), ``l5c`` (LeNet-5 MNIST, flops<=0.3, channel), ``l300``
+params<=0.08, weight), ``l5c`` (LeNet-5 MNIST, flops<=0.3, channel), ``l5p`` (LeNet-5
+MNIST, params<=0.1, channel), ``l300``
 (LeNet-300-100 MNIST, params<=0.08, weight), ``r20c`` (ResNet-20 CIFAR-10 JPEG-q75
 copy, flops<=0.5, channel), on the committed checkpoints. Searches score candidates on
 the first 1000 reward-split samples (digits: the whole split); each line reports the
@@ -29,6 +30,7 @@ BENCHES = {
     "digits": ("digits", None, "params<=0.3", "channel"),
     "l5w": ("mnist", "benchmarks/checkpoints/lenet5_mnist.pt", "params<=0.08", "weight"),
     "l5c": ("mnist", "benchmarks/checkpoints/lenet5_mnist.pt", "flops<=0.3", "channel"),
+    "l5p": ("mnist", "benchmarks/checkpoints/lenet5_mnist.pt", "params<=0.1", "channel"),
     "l300": ("mnist", "benchmarks/checkpoints/lenet300_mnist.pt", "params<=0.08", "weight"),
     "r20c": ("cifar10", "benchmarks/checkpoints/resnet20_cifar10.pt", "flops<=0.5", "channel"),
 }
