@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from rlprune import costs as costs_mod
+from rlprune import latency_table as table_mod
 from rlprune import train as train_mod
 from rlprune.agents.base import SearchResult, check_methods, get_method, method_class
 from rlprune.costs import BoundBudget, Budget
@@ -78,6 +80,8 @@ class PruneResult:
                 continue
             parts.append(f"  {name}: {c['pruned']:.6g} (limit {c['limit']:.6g}, "
                          f"{c['ratio']:.1%} of original) {'ok' if c['ok'] else 'VIOLATED'}")
+            if c.get("settings"):
+                parts.append(f"    measured with {c['settings']}")
         acc = self.accuracy
         if "original" in acc:
             parts.append(f"  test accuracy: original {acc['original']:.4f}, pruned "
@@ -201,6 +205,7 @@ def prune(
     env: PruningEnv | None = None,
     refine: bool = True,
     bound: BoundBudget | None = None,
+    latency_table: bool | Mapping[str, table_mod.LatencyTable] = False,
 ) -> PruneResult:
     """Prune ``model`` to fit ``budget`` with ``method``; returns a :class:`PruneResult`.
 
@@ -227,6 +232,16 @@ def prune(
     :class:`~rlprune.agents.base.Callback` or a function ``f(searcher, info)`` called
     after every episode; ``refine`` lets the search spend budget its choice left unused
     (:func:`~rlprune.agents.base.refine`). ``model`` is never modified.
+
+    ``latency_table=True`` (channel pruning) lets the search predict every latency
+    constraint (``latency_ms``, ``ort_latency_ms``, their variants) from a lookup table
+    of per-layer latencies, built once (:mod:`rlprune.latency_table`): cheap and
+    noise-free, so repair, refinement and caching work as for size costs. The returned
+    policy is then checked, and if need be moved, with real measurements
+    (:func:`~rlprune.latency_table.settle`), and the final check measures the returned
+    model for real as always. A mapping ``{cost name: LatencyTable}`` reuses tables
+    already built for this model and space (``compare`` does). ``costs[name]["settings"]``
+    states how each latency was measured, and whether and how well a table predicted it.
     """
     _check_model(model)
     if granularity not in ("channel", "weight"):
@@ -266,9 +281,24 @@ def prune(
     t_env = time.perf_counter() - t0
     # An unreachable budget is a clear error before any search time is spent.
     evaluator.project(env.max_ratios)
+    tables: dict[str, table_mod.LatencyTable] = {}
+    if latency_table is not False:  # the search sees table predictions, never the final check
+        evaluator.bound, tables = table_mod.search_bound(
+            bound, env.space, evaluator.model,
+            tables=latency_table if isinstance(latency_table, Mapping) else None,
+            progress=progress)
     searcher = get_method(method, episodes=episodes, seed=seed, progress=progress,
                           callback=callback, refine=refine, **(method_kwargs or {}))
-    result = searcher.search(env)
+    try:
+        result = searcher.search(env)
+    finally:
+        evaluator.bound = bound
+    if tables:
+        searched = result.policy
+        result.policy = table_mod.settle(env.space, evaluator.model, searched, bound)
+        result.extra["latency_table"] = {
+            "tables": {n: t.summary() for n, t in tables.items()},
+            "moved_by_real_check": not np.allclose(result.policy, searched)}
 
     pruned = evaluator.build(result.policy, finetune=False)
     acc: dict[str, float] = {}
@@ -299,6 +329,15 @@ def prune(
                "ratio": float(v["ratio"]), "limit": float(v["limit"]), "ok": bool(v["ok"])}
         for name, v in measured.items()
     }
+    for c in bound.budget:  # how a latency was measured, and how well a table predicted it
+        said = [c.cost.settings] if c.cost.settings else []
+        if c.name in tables:
+            pred, real = tables[c.name].predict(pruned), cost_table[c.name]["pruned"]
+            said.append(f"searched with a lookup table ({tables[c.name].measurements} "
+                        f"timings), which predicts {pred:.4g} {c.cost.unit} for this model"
+                        + (f" ({100.0 * (pred - real) / real:+.1f}%)" if real else ""))
+        if said:
+            cost_table[c.name]["settings"] = "; ".join(said)
     # Report params and MACs too when they are not constraints: users always want them.
     for extra in ("params", "macs"):
         if extra not in cost_table:
@@ -350,6 +389,7 @@ def compare(
     env_kwargs: dict[str, Any] | None = None,
     method_kwargs: dict[str, dict[str, Any]] | None = None,
     on_result: Any = None,
+    latency_table: bool = False,
 ) -> list[PruneResult]:
     """Run several methods on the same model, data split, budget and fine-tune schedule.
 
@@ -359,9 +399,10 @@ def compare(
     as each method finishes. Returns one :class:`PruneResult` per method, in order.
 
     ``model``, ``data``, ``budget``, ``granularity``, ``importance``, ``example_input``,
-    ``seed``, ``progress``, ``finetune_epochs``, ``finetune_lr`` and ``env_kwargs`` mean
-    what they mean to :func:`prune`; ``methods`` are method ids and ``method_kwargs``
-    maps a method id to its options.
+    ``seed``, ``progress``, ``finetune_epochs``, ``finetune_lr``, ``env_kwargs`` and
+    ``latency_table`` mean what they mean to :func:`prune` (the tables are built once and
+    shared by every method); ``methods`` are method ids and ``method_kwargs`` maps a
+    method id to its options.
     """
     check_methods(methods)
     splits = as_splits(data, seed=seed)
@@ -372,6 +413,9 @@ def compare(
     bound = budget.bind(original, ex)
     space = PruningSpace.from_model(original, ex, granularity=granularity, importance=importance,
                                     data=(splits.train.x[:256], splits.train.y[:256]))
+    tables: dict[str, table_mod.LatencyTable] = {}
+    if latency_table:
+        tables = table_mod.search_bound(bound, space, original, progress=progress)[1]
     results = []
     for m in methods:
         res = prune(original, splits, budget, method=m, granularity=granularity,
@@ -379,7 +423,7 @@ def compare(
                     episodes=episodes if method_class(m).searching else None,
                     importance=importance, seed=seed, progress=progress,
                     env_kwargs=env_kwargs, method_kwargs=(method_kwargs or {}).get(m),
-                    space=space, bound=bound)
+                    space=space, bound=bound, latency_table=tables or False)
         results.append(res)
         if on_result is not None:
             on_result(res)

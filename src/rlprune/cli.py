@@ -168,6 +168,9 @@ _FLAG_HELP = {
                      "default 1000)",
     "race": "stop scoring a candidate on the reward split once it cannot beat the best "
             "(--no-race: score every candidate on every sample)",
+    "latency_table": "during the search, predict latency constraints (latency_ms, "
+                     "ort_latency_ms, latency_b8_t2_ms...) from per-layer timings taken once "
+                     "(channel pruning); the result is still measured for real",
     "reward_fraction": "fraction of the training set held out as the reward split",
     "pretrain_epochs": "epochs when pretraining a registry --model",
     "seed": "random seed (the run is reproducible from it)",

@@ -12,9 +12,17 @@ Built-in costs (``list_costs()``):
 ``macs``                  multiply-accumulates of one forward pass at batch 1
 ``flops``                 ``2 * macs`` (one multiply plus one add per MAC)
 ``latency_ms``            median CPU latency of one forward pass, in milliseconds
+``ort_latency_ms``        the same for the model exported to ONNX, run by ONNX Runtime
 ``memory_mb``             weights plus peak activations of one input, in MiB
 ``disk_mb``               size of ``torch.save(model.state_dict())``, in MiB
 ========================  =========================================================
+
+Both latencies are measured at batch 1 with one thread. Other settings are costs of
+their own, named in a budget as ``latency_b8_ms`` (batch 8), ``latency_t4_ms``
+(4 threads), ``ort_latency_b8_t2_ms`` and so on (:data:`LATENCY_VARIANTS`); each
+is registered the first time it is named. In Python,
+``register_cost(name, latency_cost(batch_size=..., num_threads=...), noisy=True)``
+does the same, and ``ort_latency_cost`` is the ONNX Runtime counterpart.
 
 Every cost is called as ``cost(model, example_input)``; user callables that take only
 the model are wrapped so that they can be used the same way. Register your own with
@@ -39,6 +47,8 @@ import inspect
 import io
 import math
 import re
+import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -68,7 +78,11 @@ __all__ = [
     "count_flops",
     "layer_macs",
     "measure_latency_ms",
+    "measure_ort_latency_ms",
     "latency_cost",
+    "ort_latency_cost",
+    "LatencyMeter",
+    "LATENCY_VARIANTS",
     "estimate_memory_mb",
     "disk_size_mb",
 ]
@@ -389,27 +403,173 @@ def measure_latency_ms(
     return float(np.median(times)) * 1e3
 
 
+_ORT_SESSIONS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+_ORT_SESSIONS_MAX = 16
+
+
+def _batch_of(example_input: ExampleInput, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """The first sample of ``example_input`` repeated ``batch_size`` times, per input."""
+    x1 = _first_sample(example_input)
+    xs = (x1,) if isinstance(x1, torch.Tensor) else tuple(x1)
+    # a fresh tensor: exporting may update an input in place (ReLU(inplace=True)), which an
+    # inference-mode tensor given by the caller would refuse
+    return tuple(t.detach().expand(batch_size, *t.shape[1:]).clone(
+        memory_format=torch.contiguous_format) for t in xs)
+
+
+def _ort_session(model: nn.Module, args: tuple[torch.Tensor, ...], num_threads: int) -> Any:
+    """An ONNX Runtime CPU session of ``model`` exported at the shapes of ``args``.
+
+    Sessions are cached by model structure, tensor shapes and thread count: a latency
+    does not depend on the weights' values, so every candidate of one shape (and every
+    re-measurement of the same model) reuses one export.
+    """
+    import onnxruntime as ort
+
+    key = (_structure_key(model, args)[0],
+           tuple((k, tuple(v.shape), v.dtype) for k, v in model.state_dict().items()),
+           tuple((tuple(a.shape), a.dtype) for a in args), num_threads)
+    sess = _ORT_SESSIONS.get(key)
+    if sess is not None:
+        _ORT_SESSIONS.move_to_end(key)
+        return sess
+    names = [f"input_{i}" for i in range(len(args))]
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), _eval_mode(model), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, args, buf,  # type: ignore[arg-type]  # BytesIO works
+                              dynamo=False, input_names=names)
+    except Exception as e:
+        raise ValueError(f"ort_latency_ms: cannot export {type(model).__name__} to ONNX: "
+                         f"{type(e).__name__}: {e}") from e
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = num_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    _ORT_SESSIONS[key] = sess
+    if len(_ORT_SESSIONS) > _ORT_SESSIONS_MAX:
+        _ORT_SESSIONS.popitem(last=False)
+    return sess
+
+
+def measure_ort_latency_ms(
+    model: nn.Module,
+    example_input: ExampleInput,
+    batch_size: int = 1,
+    num_threads: int = 1,
+    repeats: int = 7,
+    min_repeat_s: float = 0.01,
+) -> float:
+    """Median latency of one forward pass of ``model`` exported to ONNX and run by ONNX
+    Runtime on the CPU, in milliseconds: what a deployment with ONNX Runtime will see.
+
+    The first sample of ``example_input`` is repeated to ``batch_size`` and the model is
+    exported (TorchScript exporter, static shapes, in memory) once per model structure
+    and shape; the session runs with ``num_threads`` intra-op threads and one inter-op
+    thread. After two warm-up runs, each of ``repeats`` measurements times enough runs
+    to last about ``min_repeat_s`` and the median of the per-run times is returned. The
+    value is noisy: budgets re-check it. A model the exporter cannot handle is a
+    ``ValueError`` naming it.
+    """
+    if batch_size < 1 or num_threads < 1 or repeats < 1:
+        raise ValueError(
+            f"batch_size, num_threads and repeats must be >= 1, got {batch_size}, "
+            f"{num_threads}, {repeats}"
+        )
+    args = _batch_of(example_input, batch_size)
+    sess = _ort_session(model, args, num_threads)
+    by_name = {f"input_{i}": a.numpy() for i, a in enumerate(args)}
+    feeds = {i.name: by_name[i.name] for i in sess.get_inputs()}
+
+    def per_run(number: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(number):
+            sess.run(None, feeds)
+        return (time.perf_counter() - t0) / number
+
+    once = per_run(2)  # warm-up, and a first estimate of one run
+    number = max(1, int(min_repeat_s / max(once, 1e-7)))
+    times = [per_run(number) for _ in range(repeats)]
+    return float(np.median(times)) * 1e3
+
+
+_RUNTIMES = {"torch": measure_latency_ms, "onnxruntime": measure_ort_latency_ms}
+
+
+@dataclass(frozen=True)
+class LatencyMeter:
+    """A latency cost function with fixed settings: ``meter(model, example_input) -> ms``.
+
+    ``runtime`` is ``"torch"`` (:func:`measure_latency_ms`) or ``"onnxruntime"``
+    (:func:`measure_ort_latency_ms`); ``batch_size``, ``num_threads``, ``repeats`` and
+    ``min_repeat_s`` are passed to it. Being a plain frozen dataclass, a meter pickles,
+    compares by its settings, and tells reports how it measures (:meth:`describe`).
+    Build one with :func:`latency_cost` or :func:`ort_latency_cost`.
+    """
+
+    runtime: str = "torch"
+    batch_size: int = 1
+    num_threads: int = 1
+    repeats: int = 7
+    min_repeat_s: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.runtime not in _RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(_RUNTIMES)}, "
+                             f"got {self.runtime!r}")
+        if self.batch_size < 1 or self.num_threads < 1 or self.repeats < 1:
+            raise ValueError(
+                f"batch_size, num_threads and repeats must be >= 1, got {self.batch_size}, "
+                f"{self.num_threads}, {self.repeats}"
+            )
+
+    def __call__(self, model: nn.Module, example_input: ExampleInput) -> float:
+        """Latency of ``model`` in ms, run on the first sample of ``example_input``
+        repeated to ``batch_size``."""
+        return _RUNTIMES[self.runtime](
+            model, example_input, batch_size=self.batch_size, num_threads=self.num_threads,
+            repeats=self.repeats, min_repeat_s=self.min_repeat_s,
+        )
+
+    def describe(self) -> str:
+        """The settings in words, e.g. ``"PyTorch CPU, batch 1, 1 thread, median of 7"``."""
+        where = "PyTorch CPU" if self.runtime == "torch" else "ONNX Runtime CPU"
+        threads = f"{self.num_threads} thread{'s' if self.num_threads > 1 else ''}"
+        return f"{where}, batch {self.batch_size}, {threads}, median of {self.repeats}"
+
+
 def latency_cost(
     batch_size: int = 1, num_threads: int = 1, repeats: int = 7, min_repeat_s: float = 0.01
-) -> Callable[[nn.Module, ExampleInput], float]:
-    """A latency cost with fixed settings, e.g. to register ``latency_b32_ms``.
+) -> LatencyMeter:
+    """A PyTorch CPU latency cost with fixed settings, e.g. to register ``latency_b32_ms``.
 
     ``register_cost("latency_b32_ms", latency_cost(batch_size=32), noisy=True)``.
     ``batch_size``, ``num_threads``, ``repeats`` and ``min_repeat_s`` are those of
-    :func:`measure_latency_ms`.
+    :func:`measure_latency_ms`. (Budget strings may name ``latency_b32_ms`` directly:
+    :data:`LATENCY_VARIANTS`.)
     """
+    return LatencyMeter("torch", batch_size, num_threads, repeats, min_repeat_s)
 
-    def latency(model: nn.Module, example_input: ExampleInput) -> float:
-        return measure_latency_ms(
-            model, example_input, batch_size=batch_size, num_threads=num_threads,
-            repeats=repeats, min_repeat_s=min_repeat_s,
-        )
 
-    latency.__doc__ = (
-        f"CPU latency in ms at batch {batch_size}, {num_threads} thread(s), "
-        f"median of {repeats}."
-    )
-    return latency
+def ort_latency_cost(
+    batch_size: int = 1, num_threads: int = 1, repeats: int = 7, min_repeat_s: float = 0.01
+) -> LatencyMeter:
+    """An ONNX Runtime CPU latency cost with fixed settings (see :func:`latency_cost`).
+
+    ``batch_size``, ``num_threads``, ``repeats`` and ``min_repeat_s`` are those of
+    :func:`measure_ort_latency_ms`.
+    """
+    return LatencyMeter("onnxruntime", batch_size, num_threads, repeats, min_repeat_s)
+
+
+#: Latency costs at other settings that budgets may name without registering them:
+#: ``latency_b<batch>_t<threads>_ms`` and ``ort_latency_b<batch>_t<threads>_ms``, either
+#: part optional (``latency_b8_ms``: batch 8, one thread).
+LATENCY_VARIANTS = "latency_b<N>_t<N>_ms, ort_latency_b<N>_t<N>_ms (either part optional)"
+_LATENCY_VARIANT_RE = re.compile(r"^(ort_)?latency(?:_b([1-9][0-9]*))?(?:_t([1-9][0-9]*))?_ms$")
 
 
 # ---------------------------------------------------------------------- registry
@@ -446,6 +606,12 @@ class Cost:
     noisy: bool = False
     takes_input: bool = False
     unit: str = ""
+
+    @property
+    def settings(self) -> str:
+        """How the cost is measured, in words, for reports: a latency cost's runtime,
+        batch size and threads (:meth:`LatencyMeter.describe`); ``""`` for other costs."""
+        return self.fn.describe() if isinstance(self.fn, LatencyMeter) else ""
 
     def __call__(self, model: nn.Module, example_input: ExampleInput | None = None) -> float:
         """Evaluate the cost; the value must be a finite real number >= 0.
@@ -541,19 +707,40 @@ def list_costs() -> list[str]:
     return list(_COSTS)
 
 
+def _latency_variant(name: str) -> Cost | None:
+    """The cost ``name`` if it is registered or a latency variant (:data:`LATENCY_VARIANTS`,
+    registered here on first use); ``None`` otherwise."""
+    if name in _COSTS:
+        return _COSTS[name]
+    m = _LATENCY_VARIANT_RE.match(name)
+    if m is None:
+        return None
+    meter = LatencyMeter("onnxruntime" if m.group(1) else "torch", int(m.group(2) or 1),
+                         int(m.group(3) or 1))
+    register_cost(name, meter, noisy=True, unit="ms", takes_input=True)
+    return _COSTS[name]
+
+
 def get_cost(name: str) -> Cost:
-    """The registered cost ``name``; unknown names raise ``ValueError`` listing the known ones."""
+    """The registered cost ``name``; unknown names raise ``ValueError`` listing the known ones.
+
+    Latency variants (:data:`LATENCY_VARIANTS`, e.g. ``latency_b8_t2_ms``) are registered
+    on first use.
+    """
     key = str(name).strip().lower()
-    if key not in _COSTS:
-        raise ValueError(f"unknown cost {name!r}; known costs: {', '.join(list_costs())}")
-    return _COSTS[key]
+    cost = _latency_variant(key)
+    if cost is None:
+        raise ValueError(f"unknown cost {name!r}; known costs: {', '.join(list_costs())}; "
+                         f"latency at other settings: {LATENCY_VARIANTS}")
+    return cost
 
 
 register_cost("params", count_params, relative=True, unit="params")
 register_cost("nonzero_params", count_nonzero, relative=True, unit="params")
 register_cost("macs", count_macs, relative=True, unit="MACs")
 register_cost("flops", count_flops, relative=True, unit="FLOPs")
-register_cost("latency_ms", measure_latency_ms, noisy=True, unit="ms", takes_input=True)
+register_cost("latency_ms", latency_cost(), noisy=True, unit="ms", takes_input=True)
+register_cost("ort_latency_ms", ort_latency_cost(), noisy=True, unit="ms", takes_input=True)
 register_cost("memory_mb", estimate_memory_mb, relative=True, unit="MiB")
 register_cost("disk_mb", disk_size_mb, relative=True, unit="MiB")
 
@@ -715,10 +902,11 @@ class Budget:
                     f"malformed budget term {term.strip()!r} in {text!r}: expected {BUDGET_SYNTAX}"
                 )
             name = m.group(1).lower()
-            if name not in _COSTS:
+            if _latency_variant(name) is None:
                 raise ValueError(
                     f"unknown cost {m.group(1)!r} in budget term {term.strip()!r}; known costs: "
-                    f"{', '.join(list_costs())}; syntax: {BUDGET_SYNTAX}"
+                    f"{', '.join(list_costs())}; latency at other settings: {LATENCY_VARIANTS}; "
+                    f"syntax: {BUDGET_SYNTAX}"
                 )
             if name in seen:
                 raise ValueError(

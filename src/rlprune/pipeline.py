@@ -49,7 +49,8 @@ class RunConfig:
     for the per-layer rewards of dense schemes), stopping early when ``race`` is on and
     it cannot beat the best; the result is fine-tuned for ``finetune_epochs`` at
     ``finetune_lr``, distilling from the original with ``distill``. ``seed`` makes the
-    run reproducible.
+    run reproducible. ``latency_table`` lets the search predict latency constraints from a
+    per-layer lookup table (the result is still measured for real).
 
     Output: the run directory ``out``, with ``pruned.onnx`` when ``onnx``, the PNG plots
     when ``plots`` and TensorBoard scalars when ``tensorboard``; ``quiet`` hides the
@@ -75,6 +76,7 @@ class RunConfig:
     reward_samples: int | None = None
     dense_samples: int | None = None
     race: bool = True
+    latency_table: bool = False  # predict latency costs from a lookup table during the search
     reward_fraction: float = 0.1
     pretrain_epochs: int = 10
     seed: int = 0
@@ -433,7 +435,8 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
     result = api.prune(model, splits, bound.budget, method=cfg.method,
                        granularity=cfg.granularity, finetune_epochs=cfg.finetune_epochs,
                        finetune_lr=cfg.finetune_lr, distill=cfg.distill, episodes=cfg.episodes,
-                       seed=cfg.seed, progress=not cfg.quiet, env=env, callback=recorder)
+                       seed=cfg.seed, progress=not cfg.quiet, env=env, callback=recorder,
+                       latency_table=cfg.latency_table)
     if run_dir is not None:
         report.write_run(run_dir, result, data_name=splits.name, command=command,
                          config=dataclasses.asdict(cfg), example_input=ex,
@@ -468,7 +471,8 @@ def run_compare(cfg: RunConfig, command: str = "") -> list[Any]:
                           granularity=cfg.granularity, episodes=cfg.episodes,
                           finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr,
                           importance=cfg.importance, example_input=ex, seed=cfg.seed,
-                          progress=not cfg.quiet, env_kwargs=env_kwargs, on_result=done)
+                          progress=not cfg.quiet, env_kwargs=env_kwargs, on_result=done,
+                          latency_table=cfg.latency_table)
     rows = [report.compare_row(r) for r in results]
     original = {"test": results[0].accuracy.get("original"),
                 "reward": results[0].accuracy.get("reward_original")}

@@ -287,6 +287,9 @@ def report_markdown(rep: Mapping[str, Any], layers: Sequence[Mapping[str, Any]] 
                      ok])
     out += [_md_table(["cost", "original", "pruned", "pruned / original", "limit", "ok"], rows,
                       ["l", "r", "r", "r", "r", "c"]), ""]
+    # how measured costs were measured (a latency's runtime, batch size, threads, table)
+    out += [f"- `{n}`: {c['settings']}." for n, c in rep["costs"].items() if c.get("settings")]
+    out += [""] if any(c.get("settings") for c in rep["costs"].values()) else []
 
     acc = rep["accuracy"]
     out += ["## Accuracy", "",
