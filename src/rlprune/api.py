@@ -293,37 +293,55 @@ def prune(
         result = searcher.search(env)
     finally:
         evaluator.bound = bound
-    if tables:
-        searched = result.policy
+    searched = result.policy
+    if tables or bound.noisy:
+        # a noisy cost is accepted on repeated fresh measurements with a margin, not on the
+        # one measurement that happened to pass during the search
         result.policy = table_mod.settle(env.space, evaluator.model, searched, bound)
+    if tables:
         result.extra["latency_table"] = {
             "tables": {n: t.summary() for n, t in tables.items()},
             "moved_by_real_check": not np.allclose(result.policy, searched)}
 
-    pruned = evaluator.build(result.policy, finetune=False)
-    acc: dict[str, float] = {}
-    has_test = len(splits.test) > 0
-    if has_test:
-        acc["original"] = train_mod.evaluate(original, splits.test.x, splits.test.y)
-        acc["pruned_before_finetune"] = train_mod.evaluate(pruned, splits.test.x, splits.test.y)
-    acc["reward_original"] = evaluator.original_accuracy
-    acc["reward_pruned_before_finetune"] = train_mod.evaluate(pruned, splits.reward.x,
-                                                              splits.reward.y)
-    t1 = time.perf_counter()
-    if finetune_epochs > 0:
-        train_mod.fit(pruned, splits, epochs=finetune_epochs, lr=finetune_lr, seed=seed,
-                      teacher=original if distill else None,
-                      distill_alpha=0.5 if distill else 0,
-                      progress=progress, desc="fine-tune",
-                      keep_zeros=granularity == "weight")
-    t_ft = time.perf_counter() - t1
-    if has_test:
-        acc["pruned"] = train_mod.evaluate(pruned, splits.test.x, splits.test.y)
-    acc["reward_pruned"] = train_mod.evaluate(pruned, splits.reward.x, splits.reward.y)
-    pruned.eval()
+    def finish(policy: np.ndarray) -> tuple[nn.Module, dict[str, float], float]:
+        """The returned model of ``policy``: built, scored, fine-tuned, scored again."""
+        pruned = evaluator.build(policy, finetune=False)
+        acc: dict[str, float] = {}
+        if has_test:
+            acc["original"] = train_mod.evaluate(original, splits.test.x, splits.test.y)
+            acc["pruned_before_finetune"] = train_mod.evaluate(pruned, splits.test.x,
+                                                               splits.test.y)
+        acc["reward_original"] = evaluator.original_accuracy
+        acc["reward_pruned_before_finetune"] = train_mod.evaluate(pruned, splits.reward.x,
+                                                                  splits.reward.y)
+        t1 = time.perf_counter()
+        if finetune_epochs > 0:
+            train_mod.fit(pruned, splits, epochs=finetune_epochs, lr=finetune_lr, seed=seed,
+                          teacher=original if distill else None,
+                          distill_alpha=0.5 if distill else 0,
+                          progress=progress, desc="fine-tune",
+                          keep_zeros=granularity == "weight")
+        t_ft = time.perf_counter() - t1
+        if has_test:
+            acc["pruned"] = train_mod.evaluate(pruned, splits.test.x, splits.test.y)
+        acc["reward_pruned"] = train_mod.evaluate(pruned, splits.reward.x, splits.reward.y)
+        return pruned.eval(), acc, t_ft
 
+    has_test = len(splits.test) > 0
+    pruned, acc, t_ft = finish(result.policy)
     # the final check uses the run's bound budget: the original is not measured again
     measured = bound.evaluate(pruned)
+    noisy = {c.name for c in bound.budget if c.cost.noisy}
+    for margin in (0.06, 0.12):  # a noisy cost failed its last measurement: settle again
+        failed = [n for n, v in measured.items() if not v["ok"]]
+        if not failed or not noisy.issuperset(failed):
+            break
+        result.policy = table_mod.settle(env.space, evaluator.model, result.policy, bound,
+                                         margin=margin)
+        result.extra.setdefault("resettled", []).append(
+            {"failed": {n: float(measured[n]["value"]) for n in failed}, "margin": margin})
+        pruned, acc, t_ft = finish(result.policy)
+        measured = bound.evaluate(pruned)
     cost_table: dict[str, dict[str, Any]] = {
         name: {"original": float(v["original"]), "pruned": float(v["value"]),
                "ratio": float(v["ratio"]), "limit": float(v["limit"]), "ok": bool(v["ok"])}
@@ -348,6 +366,12 @@ def prune(
     if not all(c["ok"] for c in cost_table.values()):
         bad = ", ".join(f"{n}={c['pruned']:.6g} > {c['limit']:.6g}"
                         for n, c in cost_table.items() if not c["ok"])
+        if noisy.issuperset(n for n, c in cost_table.items() if not c["ok"]):
+            raise costs_mod.BudgetInfeasibleError(
+                f"the pruned model fails its final measurement ({bad}) after settling with "
+                "a 12% margin: this machine's timings vary more than the budget allows; "
+                "loosen the latency limit or measure on a quieter machine",
+                {n: (c["pruned"], c["limit"]) for n, c in cost_table.items() if not c["ok"]})
         raise RuntimeError(f"internal error: the pruned model violates the budget ({bad}); "
                            "please report this with the command that produced it")
     return PruneResult(
