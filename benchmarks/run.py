@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not write docs/RESULTS.md (the search plot goes to the run "
                          "directory instead of docs/plots/)")
     ap.add_argument("--out", default=None, help="run directory (default runs/bench-NAME)")
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated methods to run instead of the config's (peers run "
+                         "regardless)")
     ap.add_argument("--seed", type=int, default=None,
                     help="override the config's seed (searches and the reward split)")
     args = ap.parse_args(argv)
@@ -265,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "" if args.seed is None else f"-seed{args.seed}"
     if args.seed is not None:
         values["seed"] = args.seed
+    if args.methods:
+        values["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     values["out"] = args.out or str(ROOT / "runs" / f"bench-{args.name}{suffix}")
     values.setdefault("quiet", True)
     cfg = pipeline.RunConfig(**values)
