@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         values["data_dir"] = args.data_dir
     suffix = "" if args.seed is None else f"-seed{args.seed}"
+    if args.methods:  # a partial re-run keeps the full run's plot
+        suffix += "-" + "-".join(m.strip() for m in args.methods.split(",") if m.strip())
     if args.seed is not None:
         values["seed"] = args.seed
     if args.methods:
