@@ -642,7 +642,8 @@ def test_demo(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     md = (out_dir / "compare.md").read_text()
     rows = json.loads((out_dir / "compare.json").read_text())["rows"]
-    assert {r["method"] for r in rows} == {"cpl", "purl", "amc", "uniform", "random", "global"}
+    assert {r["method"] for r in rows} == {"cpl", "purl", "amc", "uniform", "random", "global",
+                                           "lamp"}
     assert all(r["feasible"] for r in rows)
     for r in rows:
         assert f"| {r['method']} |" in md
