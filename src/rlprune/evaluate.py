@@ -315,8 +315,10 @@ class Evaluator:
         the first quarter, then half of the samples are scored; after each stage, with
         ``p`` the accuracy so far on ``n`` of ``N`` samples, the accuracy on all ``N`` is
         at most ``upper = p + z * sqrt(p (1 - p) / n * (N - n) / (N - 1))`` (``z`` =
-        ``options.race_z`` standard errors, finite-population corrected), and scoring
-        stops when ``beaten(upper, p)`` says the candidate cannot win anyway. Splits of
+        ``options.race_z`` standard errors, finite-population corrected, with ``p (1 -
+        p)`` floored at ``1 / n`` so that a perfect or null score so far is not taken as
+        certain), and scoring stops when ``beaten(upper, p)`` says the candidate cannot
+        win anyway. Splits of
         fewer than ``RACE_MIN_SAMPLES`` samples are always scored whole.
         """
         x, y = self._rx, self._ry
