@@ -658,4 +658,4 @@ def test_dense_samples_reaches_the_env(digits: Any, trained_digits_cnn: Any) -> 
     bound = Budget.parse(BUDGET).bind(trained_digits_cnn, digits.example_input(1))
     env = api.make_env(trained_digits_cnn, digits, bound, method="purl",
                        **pipeline._env_kwargs(cfg))
-    assert env.dense and len(env.evaluator._dy) == 17 and len(env.evaluator._ry) == 40
+    assert env.dense and len(env.evaluator._dense) == 17 and len(env.evaluator._reward) == 40

@@ -334,7 +334,7 @@ def _build_evaluator(
     if space is None:
         space = PruningSpace.from_model(model, ex, granularity=granularity,
                                         importance=importance,
-                                        data=(splits.train.x[:256], splits.train.y[:256]))
+                                        data=splits.train.take(256))
     if not isinstance(budget, BoundBudget):
         budget = Budget.coerce(budget).bind(model, ex)
     return Evaluator(model, space, budget, splits, options, reward, reward_options, ex, history)

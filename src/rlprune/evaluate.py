@@ -36,7 +36,7 @@ import numpy as np
 from torch import nn
 
 from rlprune.costs import BoundBudget, ExampleInput, count_macs
-from rlprune.data import Splits
+from rlprune.data import DatasetSplit, Split, Splits
 from rlprune.history import Candidate, History, policy_key
 from rlprune.projection import bisect_boundary, project, uniform_policy
 from rlprune.rewards import DENSE_SCHEMES, RewardContext, RewardFn, get_reward
@@ -140,16 +140,20 @@ class Evaluator:
         self.caps = np.asarray(space.max_policy(), dtype=np.float64)
 
         opt = self.options
-        rx, ry = splits.reward.x, splits.reward.y
-        if len(ry) == 0:
+        scoring = splits.reward
+        if len(scoring) == 0:
             raise ValueError("the reward split is empty: use reward_fraction > 0")
         if opt.reward_samples is not None:
-            rx, ry = rx[: opt.reward_samples], ry[: opt.reward_samples]
-        self._rx, self._ry = rx, ry
-        n_dense = len(ry) if opt.dense_samples is None else min(opt.dense_samples, len(ry))
-        self._dx, self._dy = rx[:n_dense], ry[:n_dense]
-        self._bn_x = splits.train.x[: opt.bn_samples]
-        self.original_accuracy = top1(self.model, rx, ry, opt.eval_batch_size)
+            scoring = scoring.head(opt.reward_samples)
+        # the samples that score candidates: in memory, views of the split's tensors;
+        # streamed, index ranges read batch by batch for each score
+        self._reward: Split | DatasetSplit = scoring
+        n_dense = len(scoring) if opt.dense_samples is None else min(opt.dense_samples,
+                                                                      len(scoring))
+        self._dense: Split | DatasetSplit = scoring.head(n_dense)
+        # a fixed, bounded batch of training inputs, read once
+        self._bn_x = splits.train.take(opt.bn_samples)[0]
+        self.original_accuracy = top1(self.model, scoring, batch_size=opt.eval_batch_size)
 
         ropts = dict(reward_options or {})
         ropts.setdefault("original_flops", 2.0 * count_macs(self.model, self.example_input))
@@ -223,9 +227,9 @@ class Evaluator:
     def accuracy(self, model: nn.Module, dense: bool = False) -> float:
         """Top-1 of ``model`` on the reward split (on its first ``dense_samples`` when
         ``dense``)."""
-        x, y = (self._dx, self._dy) if dense else (self._rx, self._ry)
-        self.spent["reward_samples"] += len(y)
-        return top1(model, x, y, self.options.eval_batch_size)
+        split = self._dense if dense else self._reward
+        self.spent["reward_samples"] += len(split)
+        return top1(model, split, batch_size=self.options.eval_batch_size)
 
     def score_model(self, model: nn.Module) -> tuple[nn.Module, Candidate]:
         """Score a model pruned elsewhere (e.g. by another library) as a candidate is.
@@ -277,7 +281,7 @@ class Evaluator:
         """
         pol = self._clip(policy)
         pruned = self.build(pol)
-        costs = self.bound.measure(pruned)
+        costs = self.bound.measure(pruned, taped=False)  # the candidate log keeps these
         ratios = [costs[n] / self.bound.limits[n] for n in self.bound.names]
         macs_ratio = self.macs_ratio(pruned)
 
@@ -298,7 +302,7 @@ class Evaluator:
 
         acc, n_scored = self.raced_accuracy(pruned, beaten)
         extra: dict[str, Any] = {"macs_ratio": macs_ratio}
-        if n_scored < len(self._ry):
+        if n_scored < len(self._reward):
             extra.update(raced=True, scored_samples=n_scored)
         return Candidate(index=-1, episode=episode, policy=[float(p) for p in pol],
                          reward=reward_at(acc), accuracy=acc,
@@ -321,8 +325,8 @@ class Evaluator:
         win anyway. Splits of
         fewer than ``RACE_MIN_SAMPLES`` samples are always scored whole.
         """
-        x, y = self._rx, self._ry
-        n_all = len(y)
+        reward = self._reward
+        n_all = len(reward)
         z = self.options.race_z
         if beaten is None or z is None or n_all < RACE_MIN_SAMPLES:
             return self.accuracy(model), n_all
@@ -331,7 +335,7 @@ class Evaluator:
         for end in (*(int(n_all * f) for f in RACE_STAGES), n_all):
             if end <= done:
                 continue
-            correct += round(top1(model, x[done:end], y[done:end], bs) * (end - done))
+            correct += round(top1(model, reward.part(done, end), batch_size=bs) * (end - done))
             self.spent["reward_samples"] += end - done
             done = end
             if done == n_all:

@@ -1,9 +1,11 @@
-"""Training, fine-tuning and evaluation on in-memory tensors, and checkpoints.
+"""Training, fine-tuning and evaluation, batch by batch from any split, and checkpoints.
 
 ``fit`` is plain SGD with momentum, a cosine schedule, weight decay and optional
 label smoothing or distillation from a teacher (the unpruned model), with a progress
 bar (:func:`rlprune.progress.progress_bar`: in place on a terminal, a line every 30 s in
-a log). ``evaluate`` runs under ``torch.inference_mode()``. Checkpoints store the
+a log). ``evaluate`` runs under ``torch.inference_mode()``. All of them read their data
+batch by batch through the split interface of :mod:`rlprune.data`, so the same code
+trains on in-memory tensors and on a dataset streamed from disk. Checkpoints store the
 architecture (registry name and arguments, or the whole module for user models
 and pruned models whose shapes differ from the registry's) together with the
 state dict, the dataset and its normalisation, and the test accuracy; they are
@@ -25,9 +27,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from rlprune import models
-from rlprune.data import Split, Splits, augment
+from rlprune.data import DatasetSplit, DataSource, Split, Splits, as_splits, augment, to_split
 from rlprune.fileio import atomic_write_bytes
 from rlprune.progress import progress_bar
 
@@ -96,23 +99,40 @@ def _on_device(model: nn.Module, device: Device) -> Iterator[torch.device]:
             model.to(home)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
-             device: Device = None) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` on ``(x, y)``, in eval mode, no autograd,
-    computed on ``compute_device(device)`` in batches of ``batch_size`` (NaN if ``y`` is
-    empty)."""
-    if len(y) == 0:
+#: What :func:`evaluate` and :func:`recalibrate_bn` read: an input tensor, a split, a
+#: map-style ``Dataset`` or a ``DataLoader``.
+Data = torch.Tensor | Split | DatasetSplit | Dataset[Any] | DataLoader[Any]
+
+
+def evaluate(model: nn.Module, x: Data, y: torch.Tensor | None = None,
+             batch_size: int = 1024, device: Device = None) -> float:
+    """Top-1 accuracy in [0, 1] of ``model``, in eval mode, no autograd, computed on
+    ``compute_device(device)`` in batches of ``batch_size`` (NaN if there are no samples).
+
+    ``x`` is an input tensor with its labels ``y``, or (``y`` left out) a split of
+    :mod:`rlprune.data`, a map-style ``Dataset`` or a ``DataLoader`` (its dataset),
+    streamed batch by batch.
+    """
+    if isinstance(x, torch.Tensor):
+        if y is None:
+            raise TypeError("evaluate(model, x, y): labels y are needed with an input tensor")
+        split: Split | DatasetSplit = Split(x, y)
+    elif y is not None:
+        raise TypeError("evaluate(model, split): labels come with the split; leave out y")
+    else:
+        split = to_split(x)
+    n = len(split)
+    if n == 0:
         return float("nan")
     was_training = model.training
     model.eval()
     correct = 0
     with _on_device(model, device) as dev, torch.inference_mode():
-        for i in range(0, len(y), batch_size):
-            out = model(x[i : i + batch_size].to(dev, non_blocking=True))
-            yb = y[i : i + batch_size].to(dev, non_blocking=True)
-            correct += int((out.argmax(1) == yb).sum())
+        for xb, yb in split.batches(batch_size):
+            out = model(xb.to(dev, non_blocking=True))
+            correct += int((out.argmax(1) == yb.to(dev, non_blocking=True)).sum())
     model.train(was_training)
-    return correct / len(y)
+    return correct / n
 
 
 def _loss(
@@ -135,7 +155,7 @@ def _loss(
 
 def fit(
     model: nn.Module,
-    splits: Splits,
+    splits: Splits | DataSource,
     epochs: int = 10,
     lr: float = 0.05,
     batch_size: int = 128,
@@ -154,6 +174,10 @@ def fit(
 ) -> dict[str, list[float]]:
     """Train ``model`` in place on ``splits.train`` and return per-epoch curves.
 
+    ``splits`` is a :class:`~rlprune.data.Splits` or anything
+    :func:`~rlprune.data.as_splits` turns into one (a ``Dataset`` or ``DataLoader`` of
+    training samples, tensors, a dataset name...; its reward split drawn with ``seed``).
+
     ``epochs`` passes over the training split in shuffled batches of ``batch_size``,
     SGD with Nesterov-free ``momentum``, ``weight_decay`` and a cosine schedule from
     ``lr`` to zero; ``label_smoothing`` softens the targets of the cross-entropy and
@@ -170,6 +194,7 @@ def fit(
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    splits = as_splits(splits, seed=seed)
     train = splits.train
     steps_per_epoch = max(1, math.ceil(len(train) / batch_size))
     total = epochs * steps_per_epoch if max_steps is None else min(
@@ -226,8 +251,7 @@ def fit(
             curves["loss"].append(tot_loss / max(tot_n, 1))
             curves["train_acc"].append(tot_correct / max(tot_n, 1))
             if len(splits.reward):
-                curves["reward_acc"].append(evaluate(model, splits.reward.x, splits.reward.y,
-                                                    device=dev))
+                curves["reward_acc"].append(evaluate(model, splits.reward, device=dev))
         model.eval()
     return curves
 
@@ -235,7 +259,7 @@ def fit(
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
+def recalibrate_bn(model: nn.Module, x: Data, batch_size: int = 256,
                    device: Device = None) -> bool:
     """Re-estimate BatchNorm running statistics of ``model`` on inputs ``x`` (in place).
 
@@ -243,11 +267,13 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
     longer match; re-estimating them from a few hundred training inputs (no labels,
     no gradient) recovers much of the accuracy a pruned model shows before
     fine-tuning (adaptive BN, as in EagleEye, Li et al. 2020), which makes the
-    search's candidate scores far more informative. ``x`` is fed in batches of
+    search's candidate scores far more informative. ``x`` (an input tensor, or a split,
+    ``Dataset`` or ``DataLoader`` whose every input is used) is fed in batches of
     ``batch_size`` on ``compute_device(device)``. Returns whether any BN was found.
     """
     bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
-    if not bns or len(x) == 0:
+    source: torch.Tensor | Split | DatasetSplit = x if isinstance(x, torch.Tensor) else to_split(x)
+    if not bns or len(source) == 0:
         return False
     saved = [(m, m.momentum) for m in bns]
     for m in bns:
@@ -256,8 +282,12 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
     was_training = model.training
     model.train()
     with _on_device(model, device) as dev, torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            model(x[i : i + batch_size].to(dev, non_blocking=True))
+        if isinstance(source, torch.Tensor):
+            for i in range(0, len(source), batch_size):
+                model(source[i : i + batch_size].to(dev, non_blocking=True))
+        else:
+            for xb, _ in source.batches(batch_size):
+                model(xb.to(dev, non_blocking=True))
     for m, mom in saved:
         m.momentum = mom
     model.train(was_training)
@@ -287,17 +317,18 @@ def _apply_masks(masks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 
 def finetune_steps(
-    model: nn.Module, train: Split, steps: int, lr: float = 0.01, batch_size: int = 128,
-    seed: int = 0, augmentation: str | None = None, keep_zeros: bool = False,
+    model: nn.Module, train: Split | DatasetSplit, steps: int, lr: float = 0.01,
+    batch_size: int = 128, seed: int = 0, augmentation: str | None = None, keep_zeros: bool = False,
     device: Device = None,
 ) -> None:
     """A short fine-tune of ``steps`` SGD steps at a constant rate (used inside a search),
     on ``compute_device(device)``.
 
-    ``model`` is trained in place on the ``train`` split, in shuffled batches of
-    ``batch_size`` at learning rate ``lr`` (momentum 0.9), with ``augmentation``
-    (``None``, ``"crop"`` or ``"crop_flip"``, see :func:`~rlprune.data.augment`) and
-    the batch order fixed by ``seed``; ``keep_zeros`` keeps pruned weights at zero.
+    ``model`` is trained in place on the ``train`` split (in memory or streamed), in
+    shuffled batches of ``batch_size`` at learning rate ``lr`` (momentum 0.9), with
+    ``augmentation`` (``None``, ``"crop"`` or ``"crop_flip"``, see
+    :func:`~rlprune.data.augment`) and the batch order fixed by ``seed``; ``keep_zeros``
+    keeps pruned weights at zero.
     """
     if steps <= 0:
         return
