@@ -24,6 +24,8 @@ LITERATURE: dict[str, tuple[tuple[int, int, int], int, float]] = {
     "lenet5": ((1, 28, 28), 431_080, 0.0),  # Caffe LeNet-5 of Han et al. 2015, exact
     "lenet300": ((1, 28, 28), 266_610, 0.0),  # 784-300-100-10, exact
     "digits_cnn": ((1, 8, 8), 24_058, 0.05),  # "about 24k" in its docstring
+    "resnext11": ((3, 32, 32), 380_000, 0.02),  # "0.38M" in its docstring
+    "vit_tiny": ((3, 32, 32), 140_000, 0.02),  # "0.14M" in its docstring
 }
 
 

@@ -329,7 +329,7 @@ def test_view_flatten_linear_inputs_follow_conv_channels() -> None:
     assert torch.equal(pruned.fc1.weight, model.fc1.weight[:, cols])
 
 
-def test_grouped_conv_groups_are_left_out_and_model_runs() -> None:
+def test_grouped_conv_groups_are_pruned_evenly_and_model_runs() -> None:
     class Grouped(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -345,10 +345,15 @@ def test_grouped_conv_groups_are_left_out_and_model_runs() -> None:
     torch.manual_seed(0)
     model, x = Grouped(), torch.randn(2, 3, 8, 8)
     space = PruningSpace.from_model(model, x)
-    assert [e.name for e in space.entries] == ["c3"]
+    # c1's outputs are g's grouped inputs, g's outputs its grouped outputs: both are
+    # pruned one channel position per group (unit 2), c3 channel by channel
+    assert [(e.name, e.unit) for e in space.entries] == [("c1", 2), ("g", 2), ("c3", 1)]
     pruned = space.apply(model, space.max_policy())
-    assert pruned.g.groups == 2 and pruned.g.in_channels == 8
+    assert pruned.g.groups == 2 and pruned.g.in_channels == pruned.g.out_channels == 2
     assert pruned.eval()(x).shape == (2, 4)
+    # an odd count is rounded so that both groups keep the same width
+    pruned = space.apply(model, [0.3, 0.5, 0.0])
+    assert (pruned.c1.out_channels, pruned.g.in_channels, pruned.g.out_channels) == (6, 6, 4)
 
 
 def test_round_to_and_ignored_layers() -> None:

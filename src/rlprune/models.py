@@ -19,13 +19,22 @@ Register your own with the decorator::
 
 from __future__ import annotations
 
+import copy
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["create", "list_models", "register", "arch_spec"]
+__all__ = ["create", "list_models", "register", "arch_spec", "load_definition",
+           "ModelDefinitionError"]
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -85,6 +94,127 @@ def arch_spec(model: nn.Module) -> dict[str, Any] | None:
     """The registry spec a model was built from (``None`` for user models)."""
     spec = getattr(model, ARCH_ATTR, None)
     return dict(spec) if spec is not None else None
+
+
+class ModelDefinitionError(ValueError):
+    """A ``--model-def`` that cannot be turned into a model; the message says why."""
+
+
+def _import_file(path: Path, spec: str) -> ModuleType:
+    """Import the Python file ``path`` as a module named after its stem.
+
+    The module is registered in ``sys.modules`` under that name, so that the classes it
+    defines can be pickled (``pruned.pt``); loading such a pickle later needs the file's
+    folder on ``PYTHONPATH``.
+    """
+    if not path.is_file():
+        raise ModelDefinitionError(f"--model-def {spec}: file {path} not found")
+    name = path.stem
+    if not name.isidentifier():
+        raise ModelDefinitionError(f"--model-def {spec}: {path.name} is not a valid Python "
+                                   "module name; rename the file (letters, digits, _)")
+    resolved = path.resolve()
+    known = sys.modules.get(name)
+    if known is not None:
+        known_file = getattr(known, "__file__", None)
+        if known_file and Path(known_file).resolve() == resolved:
+            return known
+        raise ModelDefinitionError(
+            f"--model-def {spec}: the file name {path.name} clashes with the module {name!r} "
+            "that is already imported; rename the file")
+    loader_spec = importlib.util.spec_from_file_location(name, resolved)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ModelDefinitionError(f"--model-def {spec}: cannot import {path}")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise ModelDefinitionError(
+            f"--model-def {spec}: importing {path} failed: {type(e).__name__}: {e}") from e
+    return module
+
+
+def _import_module(module_name: str, spec: str) -> ModuleType:
+    """Import ``module_name`` as ``python -m`` would: installed packages, then the
+    current folder (added to ``sys.path`` only when the module is found there)."""
+    cwd = os.getcwd()
+    for attempt in (1, 2):
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            top = module_name.split(".")[0]
+            if attempt == 1 and e.name == top and cwd not in sys.path and "" not in sys.path:
+                sys.path.insert(0, cwd)  # not found installed: try the current folder
+                continue
+            if attempt == 2:
+                sys.path.remove(cwd)
+            raise ModelDefinitionError(
+                f"--model-def {spec}: cannot import {module_name!r} (neither installed nor in "
+                f"the current folder): {e}") from e
+        except Exception as e:
+            raise ModelDefinitionError(f"--model-def {spec}: importing {module_name!r} "
+                                       f"failed: {type(e).__name__}: {e}") from e
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def load_definition(spec: str) -> nn.Module:
+    """Build a user's model from ``spec``: ``"package.module:factory"`` or
+    ``"path/to/file.py:Name"`` (``rlprune prune --model-def``).
+
+    The module (found like ``python -m`` finds it: installed packages, then the current
+    folder) or the file is imported, and ``Name`` is called without arguments: a class
+    (``MyNet``) or a function returning an ``nn.Module``; a module-level ``nn.Module``
+    instance is used as it is. The model comes back with fresh weights: load trained
+    ones with :func:`rlprune.train.load_checkpoint` (``--weights``). Importing runs the
+    file's code, as any import does.
+
+    Raises :class:`ModelDefinitionError` (a ``ValueError``) with one line that names
+    the problem: a malformed ``spec``, a missing file or module, an import that fails,
+    a missing name (listing what the module defines), a factory that needs arguments or
+    fails, or one that does not return an ``nn.Module``.
+    """
+    text = str(spec)
+    path_part, sep, attr = text.rpartition(":")
+    if not sep or not path_part or not attr or not attr.isidentifier():
+        raise ModelDefinitionError(
+            f"--model-def {text!r} must be 'package.module:factory' or 'path/to/file.py:Name' "
+            "(a class or function that builds the model without arguments)")
+    if path_part.endswith(".py") or os.sep in path_part or "/" in path_part:
+        module = _import_file(Path(path_part).expanduser(), text)
+    else:
+        module = _import_module(path_part, text)
+    if not hasattr(module, attr):
+        defined = sorted(n for n, v in vars(module).items() if not n.startswith("_")
+                         and (isinstance(v, type) and issubclass(v, nn.Module)
+                              or inspect.isfunction(v) and v.__module__ == module.__name__))
+        raise ModelDefinitionError(
+            f"--model-def {text}: {path_part} has no {attr!r}; it defines "
+            + (", ".join(defined) if defined else "no nn.Module class or function"))
+    factory = getattr(module, attr)
+    if isinstance(factory, nn.Module):
+        return copy.deepcopy(factory)
+    if not callable(factory):
+        raise ModelDefinitionError(f"--model-def {text}: {attr} is a "
+                                   f"{type(factory).__name__}, not a class or function")
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as e:
+        raise ModelDefinitionError(
+            f"--model-def {text}: {attr} cannot be called without arguments ({e}); give a "
+            "function that builds the model with every argument fixed") from e
+    except ValueError:
+        pass  # no signature to inspect (a builtin): just call it
+    try:
+        model = factory()
+    except Exception as e:
+        raise ModelDefinitionError(f"--model-def {text}: {attr}() failed: "
+                                   f"{type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise ModelDefinitionError(f"--model-def {text}: {attr}() returned a "
+                                   f"{type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 # --------------------------------------------------------------------------- VGG
@@ -364,6 +494,153 @@ class DigitsCNN(nn.Module):
 def digits_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """Small CNN for 8x8 inputs, the default of the demo and most tests."""
     return DigitsCNN(num_classes, in_channels)
+
+
+# ------------------------------------------------------------------------ ResNeXt
+class ResNeXtBlock(nn.Module):
+    """ResNeXt bottleneck: 1x1 conv, grouped 3x3 conv (``cardinality`` groups), 1x1 conv,
+    each followed by batch norm, with a residual (1x1 conv + BN when the shape changes)."""
+
+    def __init__(self, cin: int, width: int, cout: int, cardinality: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=cardinality, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNeXt11(nn.Module):
+    """A small ResNeXt: a 3x3 stem and three bottleneck blocks of cardinality 4.
+
+    Widths 64/128/256 (strides 1, 2, 2), so the grouped 3x3 convolutions hold over half
+    of the 0.38M parameters: the structure of ResNeXt and RegNet, small enough for a
+    CPU. A global pool before the classifier makes it accept any input size.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, cardinality: int = 4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.relu = nn.ReLU(inplace=True)
+        blocks, cin = [], 32
+        for i, width in enumerate((64, 128, 256)):
+            blocks.append(ResNeXtBlock(cin, width, width, cardinality, 1 if i == 0 else 2))
+            cin = width
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@register("resnext11")
+def resnext11(num_classes: int = 10, in_channels: int = 3, cardinality: int = 4) -> nn.Module:
+    """Small ResNeXt with grouped 3x3 convolutions (``cardinality`` groups, default 4)."""
+    return ResNeXt11(num_classes, in_channels, cardinality)
+
+
+# ---------------------------------------------------------------- vision transformer
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused ``qkv`` projection (timm's layout).
+
+    The forward pass reshapes by ``num_heads`` and infers the head width, so whole heads
+    can be pruned: rlprune removes a head's query, key and value slices from ``qkv`` and
+    its inputs to ``proj``, and lowers ``num_heads``.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not a multiple of num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block: attention and a GELU MLP, each with a residual."""
+
+    def __init__(self, dim: int, num_heads: int, hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class VisionTransformer(nn.Module):
+    """A small ViT for CPU: a convolutional tokenizer pooled to a ``grid`` x ``grid``
+    token map, a class token, learned position embeddings, ``depth`` pre-norm blocks.
+
+    The tokenizer (3x3 conv, batch norm, ReLU, adaptive max pool; as in the Compact
+    Convolutional Transformers of Hassani et al. 2021, which train from scratch on small
+    data sets) lets one model accept 8x8 digits, 28x28 MNIST and 32x32 CIFAR images,
+    each pooled to the same ``grid``; the classifier reads the class token. SGD trains
+    it to 92-96% test accuracy on digits in 30 epochs (a linear patch embedding with an
+    average pool instead: 79-85%), and to 95% on MNIST in 2 epochs.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, dim: int = 64,
+                 depth: int = 4, num_heads: int = 4, mlp_ratio: int = 2, grid: int = 4):
+        super().__init__()
+        self.patch = nn.Sequential(nn.Conv2d(in_channels, dim, 3, 1, 1, bias=False),
+                                   nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+        self.pool = nn.AdaptiveMaxPool2d(grid)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, num_heads, dim * mlp_ratio)
+                                      for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.patch(x)).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+@register("vit_tiny")
+def vit_tiny(num_classes: int = 10, in_channels: int = 3, dim: int = 64, depth: int = 4,
+             num_heads: int = 4, mlp_ratio: int = 2, grid: int = 4) -> nn.Module:
+    """Small vision transformer (0.14M parameters): ``dim``-wide tokens on a ``grid`` x
+    ``grid`` map, ``depth`` blocks of ``num_heads`` heads and MLPs ``mlp_ratio`` x wider."""
+    return VisionTransformer(num_classes, in_channels, dim, depth, num_heads, mlp_ratio, grid)
 
 
 def _init(model: nn.Module) -> None:

@@ -11,10 +11,20 @@ A *policy* is one prune ratio in ``[0, 1)`` per entry of a :class:`PruningSpace`
     output shape. The outputs of the layers that produce the model's output (the
     classifier) are never pruned.
 
+    Channels that fall in equal groups (a grouped convolution's groups, a GroupNorm's
+    groups, an ``nn.MultiheadAttention``'s heads) are removed one position per group, the
+    same position in each, so every group keeps the same width; a fused ``qkv``
+    projection split by ``torch.unbind`` (timm's attention) loses whole heads, and its
+    module's ``num_heads`` follows. Groups whose channels pass through a reshape are
+    checked numerically once (pruned must equal original with the removed channels read
+    as zeros), so a mapping the graph gets wrong (a channel shuffle) is left out with a
+    warning. :attr:`PruningSpace.left_out` lists every layer no entry prunes and why.
+
 ``granularity="weight"``
-    One entry per Conv/Linear weight tensor (the classifier's included: zeroing weights
-    changes no shape). Applying a policy zeroes the lowest-importance fraction of each
-    tensor in a deep copy, a plain module without masks or hooks.
+    One entry per Conv/Linear weight tensor and ``nn.MultiheadAttention`` projection
+    matrix (the classifier's included: zeroing weights changes no shape). Applying a
+    policy zeroes the lowest-importance fraction of each tensor in a deep copy, a plain
+    module without masks or hooks.
 
 Importance (``l1``, ``l2``, ``random``, ``taylor``, ``bn_scale``) is computed once when
 the space is built; ``apply`` only reads the stored ranking, so evaluating a candidate
@@ -34,6 +44,7 @@ module, in :mod:`rlprune.projection`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +61,7 @@ from rlprune.costs import BudgetInfeasibleError, ExampleInput, layer_macs
 __all__ = [
     "PruningSpace",
     "LayerEntry",
+    "LeftOut",
     "BudgetInfeasibleError",
     "GRANULARITIES",
     "IMPORTANCES",
@@ -71,6 +83,8 @@ _CONV = nn.modules.conv._ConvNd
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
           nn.modules.instancenorm._InstanceNorm)
 _EPS = 1e-9
+#: The attribute that says how many heads an attention module (timm's layout) has.
+_HEADS_ATTR = "num_heads"
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,14 @@ class LayerEntry:
     how many always stay, ``max_ratio = (prunable - min_keep) / prunable``.
     ``modules`` names every layer the entry touches, ``param_name`` the tensor of a
     weight entry.
+
+    ``unit`` is how many channels are removed together and ``unit_kind`` what they
+    are: ``"channel"`` (one at a time); ``"grouped"`` (the channels fall in ``unit``
+    equal groups, of a grouped convolution, a GroupNorm or the heads of an
+    ``nn.MultiheadAttention``, and one channel position is removed from every group at
+    once, so the groups stay equal); ``"head"`` (whole attention heads of a fused
+    ``qkv`` projection: ``unit`` channels, a head's query, key and value slices). Kept
+    counts are multiples of ``unit``.
     """
 
     index: int
@@ -105,6 +127,28 @@ class LayerEntry:
     max_ratio: float
     modules: tuple[str, ...] = ()
     param_name: str | None = None
+    unit: int = 1
+    unit_kind: str = "channel"
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A layer (or parameter) that no entry of a space prunes, and why.
+
+    ``name`` is the module (or parameter) name, ``type`` its class name and ``reason``
+    one sentence saying why it is left out: the classifier, a user's
+    ``ignored_layers``, a layer type Torch-Pruning has no pruning function for, a
+    grouping that cannot be kept valid, or a pruning that breaks the model's forward
+    pass.
+    """
+
+    name: str
+    type: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        """``{"name", "type", "reason"}`` (JSON-ready)."""
+        return {"name": self.name, "type": self.type, "reason": self.reason}
 
 
 @dataclass
@@ -135,11 +179,13 @@ class _Entry:
     ops: list[_Op] = field(default_factory=list)
     weight: _WeightPlan | None = None
     global_scores: np.ndarray | None = None  # on a scale shared by all entries
+    heads: tuple[str, int] | None = None  # (attention module, its num_heads) for head entries
+    verify: bool = False  # check against zeroed inputs: the channels pass through a reshape
 
 
 # ------------------------------------------------------------------ small helpers
 def _kind(m: nn.Module) -> str:
-    if isinstance(m, nn.Linear):
+    if isinstance(m, (nn.Linear, nn.MultiheadAttention)):
         return "linear"
     if isinstance(m, _CONV) and m.groups > 1:
         if m.groups == m.in_channels == m.out_channels:
@@ -260,12 +306,13 @@ class PruningSpace:
     The constructor is internal (its ``entries`` are built by :meth:`from_model`):
     ``granularity`` is ``"channel"`` or ``"weight"``, ``importance`` the ranking
     criterion, ``round_to`` the multiple kept channel counts are rounded to and
-    ``signature`` the layer shapes that :meth:`apply` accepts.
+    ``signature`` the layer shapes that :meth:`apply` accepts. ``left_out`` lists the
+    layers no entry prunes, with the reason (:attr:`left_out`).
     """
 
     def __init__(
         self, granularity: str, importance: str, round_to: int, entries: list[_Entry],
-        signature: dict[str, tuple[int, ...]],
+        signature: dict[str, tuple[int, ...]], left_out: Sequence[LeftOut] = (),
     ):
         self.granularity = granularity
         self.importance = importance
@@ -273,8 +320,16 @@ class PruningSpace:
         self._items = entries
         self._signature = signature
         self.entries: tuple[LayerEntry, ...] = tuple(e.entry for e in entries)
+        #: Every layer (or parameter) no entry prunes, and why: the classifier, ignored
+        #: layers, layer types without a pruning function, groupings that cannot stay
+        #: valid, groups whose pruning breaks the model.
+        self.left_out: tuple[LeftOut, ...] = tuple(left_out)
         self._prunable = np.array([e.prunable for e in self.entries], dtype=np.int64)
         self._min_keep = np.array([e.min_keep for e in self.entries], dtype=np.int64)
+        # kept counts are multiples of this: the entry's unit and, for channels, round_to
+        self._multiple = np.array(
+            [math.lcm(e.unit, round_to) if granularity == "channel" else 1
+             for e in self.entries], dtype=np.int64)
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -343,10 +398,12 @@ class PruningSpace:
             taylor = _taylor_scores(model, data, loss_fn, batch_size, taylor_batches)
         rng = np.random.default_rng(seed)
         macs = layer_macs(model, x1)
+        reasons: dict[str, str] = {}
         if granularity == "weight":
-            items = _weight_entries(model, macs, importance, taylor, rng, ignored)
+            items = _weight_entries(model, macs, importance, taylor, rng, ignored, reasons)
         else:
-            items = _channel_entries(model, x1, macs, importance, taylor, rng, ignored, round_to)
+            items = _channel_entries(model, x1, macs, importance, taylor, rng, ignored,
+                                     round_to, reasons)
         signature = {
             n: tuple(m.weight.shape)
             for n, m in model.named_modules()
@@ -354,33 +411,54 @@ class PruningSpace:
         }
         space = cls(granularity, importance, round_to, items, signature)
         if granularity == "channel":
-            space = space._validated(model, x1)
+            space = space._validated(model, x1, reasons)
+        space.left_out = tuple(_left_out(model, space._items, granularity, reasons))
         return space
 
-    def _validated(self, model: nn.Module, x1: ExampleInput) -> PruningSpace:
-        """Apply the most aggressive policy once; drop groups that break the model.
+    def _validated(self, model: nn.Module, x1: ExampleInput,
+                   reasons: dict[str, str]) -> PruningSpace:
+        """Drop the groups whose pruning breaks the model, with a warning for each.
 
         Torch-Pruning's graph covers the common layers, but exotic forward code can
-        couple channels in ways it cannot see. Groups whose pruning alone makes the
-        model fail or change its output shape are removed with a warning.
+        couple channels in ways it cannot see. A group is removed when pruning it alone
+        makes the model fail or change its output shape (checked only if the most
+        aggressive policy fails), or, for a group whose channels pass through a reshape
+        (where the graph's index mapping can be wrong, as for a channel shuffle), when
+        the pruned model computes something else than the original with the removed
+        channels' contributions zeroed. The layers of a removed group get that reason in
+        ``reasons``.
         """
         ref = _output_shapes(model, x1)
-        if _runs(self.apply(model, self.max_policy()), x1, ref):
-            return self
+        all_run = _runs(self.apply(model, self.max_policy()), x1, ref)
         keep: list[_Entry] = []
         for i, item in enumerate(self._items):
-            policy = np.zeros(len(self))
-            policy[i] = item.entry.max_ratio
-            if _runs(self.apply(model, policy), x1, ref):
+            why = None
+            if not all_run:
+                policy = np.zeros(len(self))
+                policy[i] = item.entry.max_ratio
+                if not _runs(self.apply(model, policy), x1, ref):
+                    why = ("makes the model fail or change its output shape (its forward code "
+                           "couples channels in a way the dependency graph cannot see)")
+            if why is None and item.verify and not self._same_as_zeroed(model, x1, i):
+                why = ("changes what the remaining channels compute (they pass through a "
+                       "reshape, such as a channel shuffle, that the dependency graph maps "
+                       "wrongly)")
+            if why is None:
                 keep.append(item)
-            else:
-                warnings.warn(
-                    f"channel group at {item.entry.name!r} cannot be pruned safely (the pruned "
-                    "model fails or changes its output); it is left out of the space",
-                    stacklevel=3,
-                )
+                continue
+            warnings.warn(
+                f"channel group at {item.entry.name!r} cannot be pruned safely (the pruned "
+                "model fails or changes its output); it is left out of the space",
+                stacklevel=3,
+            )
+            for op in item.ops:
+                if op.dim == "out" and not op.is_param:
+                    reasons.setdefault(op.target, f"removing channels of the group at "
+                                                  f"{item.entry.name!r} {why}")
+        if len(keep) == len(self._items):
+            return self
         if not keep:
-            raise ValueError(_nothing_prunable(model, "channel"))
+            raise ValueError(_nothing_prunable(model, "channel", reasons))
         items = [_renumber(it, i) for i, it in enumerate(keep)]
         space = PruningSpace(self.granularity, self.importance, self.round_to, items,
                              self._signature)
@@ -390,6 +468,40 @@ class PruningSpace:
                 "ignored_layers to exclude the layers involved"
             )
         return space
+
+    def _same_as_zeroed(self, model: nn.Module, x1: ExampleInput, i: int) -> bool:
+        """Whether removing half of entry ``i``'s units gives the output of the original
+        model whose consumers of those channels read zeros instead (what removing them
+        means), up to float rounding. ``True`` when a consumer is of a type this check
+        cannot zero (nothing is claimed then)."""
+        item = self._items[i]
+        policy = np.zeros(len(self))
+        policy[i] = min(0.5, item.entry.max_ratio)
+        k = int(self.removed(policy)[i])
+        if k == 0:
+            policy[i] = item.entry.max_ratio
+            k = int(self.removed(policy)[i])
+        drop = np.zeros(item.entry.prunable, dtype=bool)
+        drop[item.order[:k]] = True
+        zeroed = copy.deepcopy(model)
+        modules = dict(zeroed.named_modules())
+        with torch.no_grad():
+            for op in item.ops:
+                if op.dim == "in" and not op.is_param:
+                    if not _zero_inputs(modules[op.target], op.idxs[drop[op.root]]):
+                        return True
+        try:
+            got = _outputs(self.apply(model, policy), x1)
+        except Exception:  # any failure means this pruning breaks the model
+            return False
+        want = _outputs(zeroed, x1)
+        if len(got) != len(want):
+            return False
+        for a, b in zip(got, want):
+            scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
+            if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-4 * scale):
+                return False
+        return True
 
     # ---------------------------------------------------------------- queries
     def __len__(self) -> int:
@@ -473,14 +585,16 @@ class PruningSpace:
     def removed(self, policy: Sequence[float] | np.ndarray) -> np.ndarray:
         """How many channels (weights) each entry loses under ``policy``.
 
-        ``floor(ratio * prunable)``, capped so that ``min_keep`` stay; with
-        ``round_to > 1`` the kept count is rounded up to a multiple of ``round_to``.
+        ``floor(ratio * prunable)``, capped so that ``min_keep`` stay; the kept count is
+        then rounded up to a multiple of the entry's ``unit`` (whole heads, the same
+        channel positions in every group) and of ``round_to``.
         """
         p = self.check_policy(policy)
         n = self._prunable
         k = np.minimum(np.floor(p * n + _EPS).astype(np.int64), n - self._min_keep)
-        if self.granularity == "channel" and self.round_to > 1:
-            kept = np.minimum(-(-(n - k) // self.round_to) * self.round_to, n)
+        m = self._multiple
+        if bool((m > 1).any()):
+            kept = np.minimum(-(-(n - k) // m) * m, n)
             k = n - kept
         return k
 
@@ -552,6 +666,12 @@ class PruningSpace:
                 setattr(parent, attr, op.handler(getattr(parent, attr), idxs))
             else:
                 op.handler(modules[target], idxs)
+        for item, k in zip(self._items, counts):
+            if item.heads is not None and k > 0:
+                # whole heads left the fused qkv projection: the attention module reshapes
+                # by its num_heads attribute, which must say how many remain
+                owner, heads = item.heads
+                setattr(modules[owner], _HEADS_ATTR, heads - int(k) // item.entry.unit)
         _unshare_tensors(new, model)
         return new
 
@@ -559,7 +679,9 @@ class PruningSpace:
         self, model: nn.Module, policy: Sequence[float] | np.ndarray
     ) -> list[dict[str, Any]]:
         """Per entry: name, kind, requested ratio, and width (channel) or nonzero weight
-        count (weight) before and after applying ``policy`` to ``model`` (JSON-ready)."""
+        count (weight) before and after applying ``policy`` to ``model`` (JSON-ready);
+        ``heads_before``/``heads_after`` for attention-head entries and ``groups`` for
+        entries pruned evenly across channel groups."""
         p = self.check_policy(policy)
         counts = self.removed(p)
         out: list[dict[str, Any]] = []
@@ -571,6 +693,11 @@ class PruningSpace:
             if self.granularity == "channel":
                 row.update(unit="channels", before=int(e.prunable),
                            after=int(e.prunable - k), modules=list(e.modules))
+                if e.unit_kind == "head":
+                    row.update(heads_before=int(e.prunable // e.unit),
+                               heads_after=int((e.prunable - k) // e.unit))
+                elif e.unit_kind == "grouped":
+                    row.update(groups=int(e.unit))
             else:
                 assert item.weight is not None
                 flat = params[item.weight.param_name].detach().reshape(-1)
@@ -614,23 +741,30 @@ def _unshare_tensors(new: nn.Module, original: nn.Module) -> None:
 
 
 # --------------------------------------------------------------- entry builders
-def _nothing_prunable(model: nn.Module, granularity: str) -> str:
+def _nothing_prunable(model: nn.Module, granularity: str,
+                      reasons: dict[str, str] | None = None) -> str:
     what = (
         "no Conv/Linear layer whose output channels can be removed without changing the "
         "model's output (the classifier's outputs are never pruned)"
         if granularity == "channel"
         else "no Conv/Linear weight tensor with more than one entry"
     )
-    return f"nothing to prune in {type(model).__name__} at granularity {granularity!r}: {what}"
+    why = ""
+    if reasons:
+        shown = list(reasons.items())[:3]
+        why = "; left out: " + "; ".join(f"{n!r} ({r})" for n, r in shown)
+        if len(reasons) > 3:
+            why += f"; and {len(reasons) - 3} more"
+    return (f"nothing to prune in {type(model).__name__} at granularity {granularity!r}: "
+            f"{what}{why}")
 
 
 def _renumber(item: _Entry, index: int) -> _Entry:
-    e = item.entry
-    entry = LayerEntry(**{**e.__dict__, "index": index})
-    return _Entry(entry, item.order, item.ops, item.weight, item.global_scores)
+    return dataclasses.replace(item, entry=dataclasses.replace(item.entry, index=index))
 
 
-def _output_shapes(model: nn.Module, x1: ExampleInput) -> list[tuple[int, ...]]:
+def _outputs(model: nn.Module, x1: ExampleInput) -> list[torch.Tensor]:
+    """The output tensors of ``model`` on ``x1`` in eval mode (training flags restored)."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -640,7 +774,32 @@ def _output_shapes(model: nn.Module, x1: ExampleInput) -> list[tuple[int, ...]]:
         for m, f in flags:
             m.training = f
     outs = out if isinstance(out, (tuple, list)) else [out]
-    return [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]
+    return [o for o in outs if isinstance(o, torch.Tensor)]
+
+
+def _output_shapes(model: nn.Module, x1: ExampleInput) -> list[tuple[int, ...]]:
+    return [tuple(o.shape) for o in _outputs(model, x1)]
+
+
+def _zero_inputs(m: nn.Module, idxs: np.ndarray) -> bool:
+    """Zero the weights through which Conv/Linear layer ``m`` reads input channels
+    ``idxs`` (in place); ``False`` for a layer type this cannot be done for."""
+    if idxs.size == 0:
+        return True
+    if isinstance(m, nn.Linear):
+        m.weight[:, torch.as_tensor(idxs)] = 0
+        return True
+    if not isinstance(m, _CONV):
+        return False
+    if m.transposed:  # weight (in, out / groups, ...): every input owns one slice
+        m.weight[torch.as_tensor(idxs)] = 0
+        return True
+    per_group_in = m.in_channels // m.groups
+    per_group_out = m.out_channels // m.groups
+    for i in idxs.tolist():
+        g = i // per_group_in
+        m.weight[g * per_group_out:(g + 1) * per_group_out, i % per_group_in] = 0
+    return True
 
 
 def _runs(model: nn.Module, x1: ExampleInput, ref: list[tuple[int, ...]]) -> bool:
@@ -657,27 +816,30 @@ def _weight_entries(
     taylor: dict[str, torch.Tensor] | None,
     rng: np.random.Generator,
     ignored: set[str],
+    reasons: dict[str, str],
 ) -> list[_Entry]:
+    """One entry per Conv/Linear weight tensor (and ``nn.MultiheadAttention`` projection).
+
+    Layers that are skipped get a sentence in ``reasons``.
+    """
     items: list[_Entry] = []
     seen: set[int] = set()
-    for name, m in model.named_modules():
-        if not isinstance(m, (_CONV, nn.Linear)) or id(m) in seen or name in ignored:
-            continue
-        seen.add(id(m))
-        w = getattr(m, "weight", None)
-        if not isinstance(w, torch.Tensor) or w.numel() < 2 or name not in macs:
-            continue
+    attention = {n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+
+    def add(name: str, m: nn.Module, pname: str, w: torch.Tensor) -> None:
         if id(w) in seen:
-            continue  # a weight tied to an earlier layer's is one tensor, one entry
+            return  # a weight tied to an earlier layer's is one tensor, one entry
         seen.add(id(w))
-        pname = f"{name}.weight" if name else "weight"
         if importance == "random":
             score = torch.from_numpy(rng.random(w.numel()))
         else:
             score = _element_scores(pname, w, importance, taylor).reshape(-1)
         order = torch.argsort(score, stable=True)
         n = w.numel()
-        cin, cout, kernel, stride = _geometry(m)
+        if isinstance(m, nn.MultiheadAttention):  # a query/key/value projection matrix
+            cin, cout, kernel, stride = int(w.shape[1]), int(w.shape[0]), 1, 1
+        else:
+            cin, cout, kernel, stride = _geometry(m)
         entry = LayerEntry(
             index=len(items), name=name, kind=_kind(m), in_width=cin, out_width=cout,
             kernel=kernel, stride=stride, params=n, macs=int(macs.get(name, 0)), prunable=n,
@@ -685,9 +847,95 @@ def _weight_entries(
         )
         items.append(_Entry(entry, order.numpy(), weight=_WeightPlan(pname, order),
                             global_scores=score.float().numpy()))
+
+    for name, m in model.named_modules():
+        if id(m) in seen:
+            continue
+        if isinstance(m, nn.MultiheadAttention):
+            seen.add(id(m))
+            if name in ignored:
+                reasons.setdefault(name, "listed in ignored_layers")
+                continue
+            for attr in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                w = getattr(m, attr, None)
+                if isinstance(w, torch.Tensor) and w.numel() >= 2:
+                    add(name, m, f"{name}.{attr}" if name else attr, w)
+            continue
+        if not isinstance(m, (_CONV, nn.Linear)):
+            continue
+        seen.add(id(m))
+        if name in ignored:
+            reasons.setdefault(name, "listed in ignored_layers")
+            continue
+        w = getattr(m, "weight", None)
+        if not isinstance(w, torch.Tensor) or w.numel() < 2:
+            reasons.setdefault(name, "has a single weight")
+            continue
+        # an attention's output projection is run by its owner, not called as a module
+        if name not in macs and name.rpartition(".")[0] not in attention:
+            reasons.setdefault(name, "is not called in the model's forward pass")
+            continue
+        add(name, m, f"{name}.weight" if name else "weight", w)
     if not items:
-        raise ValueError(_nothing_prunable(model, "weight"))
+        raise ValueError(_nothing_prunable(model, "weight", reasons))
     return items
+
+
+#: Layers whose channels Torch-Pruning removes; anything else with parameters is a layer
+#: type the dependency graph cannot prune.
+_PRUNABLE_TYPES = (_CONV, nn.Linear, *_NORMS, nn.MultiheadAttention, nn.PReLU, nn.Embedding,
+                   nn.LSTM)
+
+
+def _left_out(model: nn.Module, items: list[_Entry], granularity: str,
+              reasons: dict[str, str]) -> list[LeftOut]:
+    """Every layer (or loose parameter) of ``model`` that no entry prunes, with the reason.
+
+    Channel granularity: layers whose output channels no entry removes (a layer inside
+    one whose outputs are removed, such as an attention's output projection, counts as
+    pruned). Weight granularity: layers with a weight matrix that no entry zeroes
+    (biases and normalisation scales are never weight-pruned, and are not listed).
+    """
+    covered: set[str] = set()
+    for item in items:
+        if granularity == "weight":
+            covered.add(item.entry.name)
+        else:
+            covered.update(op.target for op in item.ops if op.dim == "out")
+
+    def inside_covered(name: str) -> bool:
+        return any(name == c or name.startswith(c + ".") for c in covered)
+
+    def default(m: nn.Module) -> str:
+        if isinstance(m, _PRUNABLE_TYPES):
+            return ("no prunable channel group removes its outputs"
+                    if granularity == "channel" else "is not a Conv/Linear/attention weight")
+        return (f"rlprune has no pruning function for the layer type {type(m).__name__}, so its "
+                "channels are not removed (the layers around it are pruned only where that "
+                "leaves its inputs and outputs unchanged)")
+
+    out: list[LeftOut] = []
+    for name, m in model.named_modules():
+        own = [(pn, p) for pn, p in m._parameters.items() if p is not None]
+        if not own or inside_covered(name):
+            continue
+        if any((f"{name}.{pn}" if name else pn) in covered for pn, _ in own) and not any(
+                True for _ in m.children()):
+            continue  # a custom layer whose parameter the group slices
+        if granularity == "weight" and not any(p.dim() >= 2 for _, p in own):
+            continue
+        is_layer = isinstance(m, nn.MultiheadAttention) or not any(True for _ in m.children())
+        if is_layer:
+            out.append(LeftOut(name, type(m).__name__, reasons.get(name, default(m))))
+            continue
+        for pn, p in own:  # loose parameters of a container (class token, position embedding)
+            full = f"{name}.{pn}" if name else pn
+            if full in covered or (granularity == "weight" and p.dim() < 2):
+                continue
+            out.append(LeftOut(full, "Parameter", reasons.get(
+                full, "a parameter of a container module that no channel group reaches"
+                if granularity == "channel" else "a parameter outside Conv/Linear layers")))
+    return out
 
 
 def _output_producers(dg: tp.DependencyGraph) -> set[nn.Module]:
@@ -721,7 +969,16 @@ def _channel_entries(
     rng: np.random.Generator,
     ignored: set[str],
     round_to: int,
+    reasons: dict[str, str],
 ) -> list[_Entry]:
+    """One entry per channel group of Torch-Pruning's dependency graph that can be pruned.
+
+    Groups whose layers split their channels into equal groups (grouped convolutions,
+    GroupNorm, ``nn.MultiheadAttention`` heads) are pruned in units of one channel
+    position per group; a fused ``qkv`` projection split by ``torch.unbind`` is pruned
+    by whole heads. A group that cannot be pruned is skipped and ``reasons`` gets one
+    sentence for each layer whose outputs it would have removed.
+    """
     # Tracing runs one forward pass with temporary hooks and switches modules to eval
     # mode; the modules' own training flags are restored afterwards, so the user's
     # model is left as it was. The graph only reads the model.
@@ -730,14 +987,22 @@ def _channel_entries(
     order_of = {n: i for i, n in enumerate(name_of.values())}
     flags = [(m, m.training) for m in work.modules()]
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), warnings.catch_warnings():
+            # class tokens and position embeddings: Torch-Pruning prunes their last
+            # dimension (the embedding), which is right for them, and says so at length
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             dg = tp.DependencyGraph().build_dependency(work, example_inputs=x1, verbose=False)
     finally:
         for m, flag in flags:
             m.training = flag
-    protected = _output_producers(dg)
-    protected |= {m for m, n in name_of.items() if n in ignored}
-    bad_convs = {m for m in name_of if _kind(m) == "grouped"}
+    outputs = _output_producers(dg)
+    user_ignored = {m for m, n in name_of.items() if n in ignored}
+    for m in outputs:
+        reasons.setdefault(name_of[m], "produces the model's output, whose width must not "
+                                       "change (the classifier's outputs are never pruned)")
+    for m in user_ignored:
+        reasons.setdefault(name_of[m], "listed in ignored_layers")
+    protected = outputs | user_ignored
     modules = dict(work.named_modules())
     score_cache: dict[tuple[str, int], np.ndarray] = {}
     groups = dg.get_all_groups(ignored_layers=list(protected), root_module_types=[_CONV, nn.Linear])
@@ -749,7 +1014,9 @@ def _channel_entries(
         producers: list[nn.Module] = []
         out_layers: list[nn.Module] = []
         touched: list[str] = []
-        usable = True
+        unbinds: list[Any] = []
+        reshaped = mixing = False
+        why: str | None = None
         for it in group.items:
             dep = it.dep
             target = dep.target.module
@@ -758,16 +1025,25 @@ def _channel_entries(
             if isinstance(target, nn.Parameter):
                 pname = dg._param_to_name.get(target)
                 if pname is None:
-                    usable = False
+                    why = ("its channels are coupled with a parameter the dependency graph "
+                           "cannot name")
                     break
                 ops.append(_Op(pname, handler, dep.target.pruning_dim,
                                np.asarray(it.idxs, dtype=np.int64),
                                np.asarray(it.root_idxs, dtype=np.int64), is_param=True))
                 continue
             if target not in name_of:
-                continue  # torch-pruning's placeholder ops (add, cat, reshape, ...)
-            if target in bad_convs or target in protected and is_out:
-                usable = False
+                # torch-pruning's placeholder ops (add, cat, reshape, ...); an unbind
+                # splits a fused attention projection into query, key and value
+                if dep.target.type == tp.ops.OPTYPE.UNBIND and dep.target not in unbinds:
+                    unbinds.append(dep.target)
+                reshaped |= dep.target.type in _RESHAPES
+                continue
+            mixing |= is_out and isinstance(target, _MIXING)
+            if target in protected and is_out:
+                what = ("produces the model's output" if target in outputs
+                        else "is listed in ignored_layers")
+                why = f"its channels are coupled with those of {name_of[target]!r}, which {what}"
                 break
             name = name_of[target]
             ops.append(_Op(name, handler, dep.target.pruning_dim,
@@ -781,13 +1057,16 @@ def _channel_entries(
                     out_layers.append(target)
                 if isinstance(target, (_CONV, nn.Linear)) and target not in producers:
                     producers.append(target)
-        if not usable or not producers:
+        if why is None and not producers:
             continue
         root = group.items[0].dep.target.module
-        n = int(dg.get_out_channels(root))
-        min_keep = min(n, max(1, round_to))
-        if n - min_keep <= 0:
+        plan = why if why is not None else _removal_plan(
+            dg, ops, unbinds, root, name_of.get(root, ""), modules, round_to)
+        if isinstance(plan, str):
+            _record_reason(group, name_of, protected, reasons, plan)
             continue
+        units, heads, min_keep = plan
+        n = int(dg.get_out_channels(root))
         producers.sort(key=lambda m: order_of[name_of[m]])
         main = next((m for m in producers if _kind(m) != "depthwise"), producers[0])
         scores, has_norm, shared = _group_scores(ops, n, importance, taylor, rng, modules,
@@ -797,27 +1076,198 @@ def _channel_entries(
             group_imp = _tp_group_importance(group, importance, n)
             if group_imp is not None:
                 scores = shared = group_imp
+        # a unit (one channel position in every group, or a whole head) is ranked by the
+        # mean score of its channels, as Torch-Pruning's pruners average over groups
+        unit_order = np.argsort(scores[units].mean(axis=1), kind="stable")
+        order = units[unit_order].reshape(-1)
+        unit_shared = np.empty(n, dtype=np.float64)
+        unit_shared[units] = shared[units].mean(axis=1, keepdims=True)
         cin, cout, kernel, stride = _geometry(main)
         kind = "depthwise" if any(_kind(m) == "depthwise" for m in producers) else _kind(main)
+        unit = int(units.shape[1])
         entry = LayerEntry(
             index=0, name=name_of[main], kind=kind, in_width=cin, out_width=cout,
             kernel=kernel, stride=stride,
-            params=int(sum(p.numel() for m in out_layers for p in m.parameters(recurse=False))),
+            params=int(sum(p.numel() for m in out_layers
+                           for p in m.parameters(recurse=isinstance(m, nn.MultiheadAttention)))),
             macs=int(sum(macs.get(name_of[m], 0) for m in producers)),
             prunable=n, min_keep=min_keep, max_ratio=(n - min_keep) / n,
-            modules=tuple(touched),
+            modules=tuple(touched), unit=unit,
+            unit_kind="head" if heads else "grouped" if unit > 1 else "channel",
         )
-        order = np.argsort(scores, kind="stable")
-        items.append((order_of[name_of[main]], _Entry(entry, order, ops, global_scores=shared)))
+        items.append((order_of[name_of[main]],
+                      _Entry(entry, order, ops, global_scores=unit_shared, heads=heads,
+                             verify=reshaped and not mixing)))
     if importance == "bn_scale" and items and not any_norm:
         raise ValueError(
             "importance 'bn_scale' needs normalisation layers (BatchNorm/GroupNorm/LayerNorm) "
             "after the prunable layers, and this model has none; use l1, l2, random or taylor"
         )
     if not items:
-        raise ValueError(_nothing_prunable(model, "channel"))
+        raise ValueError(_nothing_prunable(model, "channel", reasons))
     items.sort(key=lambda t: t[0])
     return [_renumber(it, i) for i, (_, it) in enumerate(items)]
+
+
+#: Placeholder ops whose index mapping :meth:`PruningSpace._validated` checks numerically.
+_RESHAPES = (tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.UNBIND, tp.ops.OPTYPE.EXPAND,
+             tp.ops.OPTYPE.SLICE)
+#: Layers that mix channels (normalise over them, attend across them): removing a channel
+#: changes what the others compute, so a group with one cannot be checked against zeros.
+_MIXING = (nn.LayerNorm, nn.GroupNorm, nn.MultiheadAttention)
+
+
+def _record_reason(group: Any, name_of: dict[nn.Module, str], protected: set[nn.Module],
+                   reasons: dict[str, str], why: str) -> None:
+    """Give ``why`` to every layer whose outputs the skipped ``group`` would remove."""
+    for it in group.items:
+        target = it.dep.target.module
+        if isinstance(target, nn.Parameter):
+            continue
+        if (target in name_of and target not in protected
+                and getattr(it.dep.handler, "__name__", "") == "prune_out_channels"):
+            reasons.setdefault(name_of[target], why)
+
+
+def _removal_plan(
+    dg: tp.DependencyGraph, ops: list[_Op], unbinds: list[Any], root: Any, root_name: str,
+    modules: dict[str, nn.Module], round_to: int,
+) -> tuple[np.ndarray, tuple[str, int] | None, int] | str:
+    """How a group rooted at ``root`` is pruned: ``(units, heads, min_keep)``, or the
+    reason it cannot be.
+
+    ``units`` (:func:`_head_units` or :func:`_group_units`) are the sets of root channels
+    removed together, ``heads`` the attention module and head count of a whole-head
+    group, ``min_keep`` the channels that always stay (one unit, rounded to
+    ``round_to``).
+    """
+    n = int(dg.get_out_channels(root))
+    heads: tuple[str, int] | None = None
+    if unbinds:
+        units, heads, why = _head_units(unbinds, root, root_name, modules, n)
+    else:
+        units, why = _group_units(dg, ops, modules, n)
+    if units is None:
+        return why or "its channels cannot be split into equal groups"
+    why = _misaligned(dg, ops, modules, units, n)
+    if why is not None:
+        return why
+    min_keep = min(n, math.lcm(units.shape[1], round_to))
+    if n - min_keep <= 0:
+        what = ("whole heads" if heads else "one channel per group" if units.shape[1] > 1
+                else "at least one channel")
+        return (f"its {n} channel(s) must all stay ({what}"
+                + (f", rounded to round_to={round_to}" if round_to > 1 else "") + ")")
+    return units, heads, min_keep
+
+
+def _layer_groups(dg: tp.DependencyGraph, m: nn.Module, dim: str) -> int:
+    """Into how many equal groups ``m`` splits its channels on side ``dim``.
+
+    Torch-Pruning's own answer (a grouped conv's ``groups``, a GroupNorm's
+    ``num_groups``), the heads of an ``nn.MultiheadAttention``, and 1 for a depthwise
+    conv (whose inputs and outputs are one group of channels, removed together).
+    """
+    if isinstance(m, nn.MultiheadAttention):
+        return int(m.num_heads)
+    if tp.ops.module2type(m) == tp.ops.OPTYPE.DEPTHWISE_CONV:
+        return 1
+    pruner = dg.get_pruner_of_module(m)
+    if pruner is None:
+        return 1
+    g = pruner.get_out_channel_groups(m) if dim == "out" else pruner.get_in_channel_groups(m)
+    return max(1, int(g or 1))
+
+
+def _group_units(dg: tp.DependencyGraph, ops: list[_Op], modules: dict[str, nn.Module],
+                 n: int) -> tuple[np.ndarray | None, str | None]:
+    """The removal units of a group of ``n`` root channels: ``(units, None)`` or
+    ``(None, reason)``.
+
+    ``units[p]`` holds the root channels removed together: one channel (no grouped
+    layer), or channel ``p`` of each of the ``L`` equal blocks when the group's layers
+    split their channels into groups (``L``: the least common multiple of their group
+    counts), so that every group keeps the same width.
+    """
+    count = 1
+    grouped: list[str] = []
+    for op in ops:
+        if op.is_param:
+            continue
+        g = _layer_groups(dg, modules[op.target], op.dim)
+        if g > 1:
+            count = math.lcm(count, g)
+            grouped.append(op.target)
+    if count == 1:
+        return np.arange(n, dtype=np.int64)[:, None], None
+    if n % count:
+        return None, (f"its {n} channels do not split into {count} equal groups, which "
+                      f"{', '.join(repr(t) for t in dict.fromkeys(grouped))} need")
+    width = n // count
+    units = np.arange(width, dtype=np.int64)[:, None] + width * np.arange(count)[None, :]
+    return units, None
+
+
+def _head_units(
+    unbinds: list[Any], root: Any, root_name: str, modules: dict[str, nn.Module], n: int
+) -> tuple[np.ndarray | None, tuple[str, int] | None, str | None]:
+    """Whole-head units of a fused attention projection: ``(units, (owner, heads), None)``
+    or ``(None, None, reason)``.
+
+    The projection's ``n`` outputs are ``chunks`` blocks (query, key, value: the outputs
+    of the ``torch.unbind``), each ``heads`` heads of equal width; the head count is the
+    ``num_heads`` attribute of the module that owns the projection (timm's convention),
+    which :meth:`PruningSpace.apply` lowers as heads are removed.
+    """
+    if len(unbinds) != 1 or not isinstance(root, nn.Linear):
+        return None, None, ("its outputs are split by torch.unbind in a way rlprune does not "
+                            "recognise as a fused query/key/value projection")
+    chunks = len(unbinds[0].outputs)
+    owner = root_name.rpartition(".")[0]
+    heads = getattr(modules.get(owner), _HEADS_ATTR, None)
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+        return None, None, (f"it is an attention projection split into heads, but its module "
+                            f"{owner!r} has no integer num_heads attribute that says how "
+                            "many heads it has")
+    if chunks < 1 or n % (chunks * heads):
+        return None, None, (f"its {n} outputs do not split into {chunks} blocks of "
+                            f"{heads} equal heads")
+    block = n // chunks
+    width = block // heads
+    units = np.array([[c * block + h * width + d for c in range(chunks) for d in range(width)]
+                      for h in range(heads)], dtype=np.int64)
+    return units, (owner, heads), None
+
+
+def _misaligned(dg: tp.DependencyGraph, ops: list[_Op], modules: dict[str, nn.Module],
+                units: np.ndarray, n: int) -> str | None:
+    """Why removing ``units`` would leave a grouped layer's groups unequal (or ``None``).
+
+    Each unit, mapped to a grouped layer's own channel indices, must remove the same
+    positions from every one of that layer's groups (Torch-Pruning's grouped-conv
+    pruning functions slice on that assumption).
+    """
+    unit_of = np.full(n, -1, dtype=np.int64)
+    unit_of[units.reshape(-1)] = np.repeat(np.arange(len(units)), units.shape[1])
+    for op in ops:
+        if op.is_param:
+            continue
+        m = modules[op.target]
+        g = _layer_groups(dg, m, op.dim)
+        if g == 1:
+            continue
+        width = int(dg.get_out_channels(m) if op.dim == "out" else dg.get_in_channels(m))
+        if width % g:
+            return f"{op.target!r} has {width} channels in {g} groups of unequal width"
+        size = width // g
+        of = unit_of[op.root]
+        for u in range(len(units)):
+            sel = np.unique(op.idxs[of == u])
+            if sel.size and sel.size != g * np.unique(sel % size).size:
+                return (f"its channels reach the {g} groups of {op.target!r} unevenly (a "
+                        "concatenation or reshape before it): no removal keeps the groups "
+                        "equal")
+    return None
 
 
 #: Magnitude importances that channel groups take from Torch-Pruning (the norm's ``p``).
@@ -904,6 +1354,11 @@ def _group_scores(
             others = [d for d in range(s.dim()) if d != dim]
             cache[key] = (s.sum(dim=others) if others else s).double().numpy()
         per = cache[key]
+        if (isinstance(m, _CONV) and m.groups > 1 and op.idxs.size
+                and int(op.idxs.max()) >= per.size):
+            # a grouped conv's weight holds in_channels / groups inputs per filter: every
+            # group reads its own inputs through the same slice positions
+            per = np.tile(per, m.groups)
         agg = np.zeros(n, dtype=np.float64)
         np.add.at(agg, op.root, per[op.idxs])
         if op.dim == "out":
