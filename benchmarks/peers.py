@@ -116,7 +116,15 @@ class _Probe:
 
 
 def _probe(bound: BoundBudget, model: nn.Module) -> _Probe:
-    values = {k: float(v) for k, v in bound.measure(model).items()}
+    """Measure ``model`` against ``bound``. A noisy cost is measured as rlprune accepts
+    it (:class:`rlprune.noise.NoiseRule`): its value here is the upper bound of the
+    repeats plus the margin, so ``ok`` is the rule's verdict, as for rlprune's methods."""
+    if not bound.noisy:
+        values = {k: float(v) for k, v in bound.measure(model).items()}
+    else:
+        runs, noisy = bound.repeated(model), set(bound.noisy_names)
+        values = {k: (bound.rule.spread(v).bound * (1.0 + bound.rule.margin) if k in noisy
+                      else float(v[0])) for k, v in runs.items()}
     return _Probe(model, values, [float(r) for r in bound.ratios_of(values)])
 
 
@@ -363,7 +371,8 @@ def _cost_table(model: nn.Module, s: PeerSetup) -> dict[str, dict[str, Any]]:
     against the bound limits, plus params and MACs reported only."""
     table: dict[str, dict[str, Any]] = {
         n: {"original": float(v["original"]), "pruned": float(v["value"]),
-            "ratio": float(v["ratio"]), "limit": float(v["limit"]), "ok": bool(v["ok"])}
+            "ratio": float(v["ratio"]), "limit": float(v["limit"]), "ok": bool(v["ok"]),
+            **({"noise": v["noise"]} if "noise" in v else {})}
         for n, v in s.bound.evaluate(model).items()}
     for extra in ("params", "macs"):
         if extra not in table:

@@ -12,6 +12,7 @@ from torch import nn
 
 from rlprune import costs, models
 from rlprune.costs import BoundBudget, Budget, Constraint
+from rlprune.noise import NoiseRule
 
 
 def linear_model() -> nn.Module:
@@ -283,9 +284,11 @@ def test_evaluate_and_bound_budget() -> None:
     assert bound.evaluate(orig)["params"]["ok"] is False
     assert bound.to_dict() == {"budget": "params<=0.5,macs<=50%",
                                "original": {"params": p_orig, "macs": m_orig},
-                               "limits": {"params": 0.5 * p_orig, "macs": 0.5 * m_orig}}
+                               "limits": {"params": 0.5 * p_orig, "macs": 0.5 * m_orig},
+                               "noise": NoiseRule().to_dict(), "original_spread": {}}
     restored = BoundBudget(b, bound.to_dict()["original"])  # no re-measurement
     assert restored.limits == bound.limits
+    assert BoundBudget.from_dict(b, bound.to_dict()).limits == bound.limits
     assert isinstance(bound, BoundBudget)
     assert np.allclose(bound.ratios(small), [p_small / (0.5 * p_orig), m_small / (0.5 * m_orig)])
     assert np.allclose(bound.ratios(orig), [2.0, 2.0])

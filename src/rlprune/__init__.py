@@ -16,6 +16,7 @@ _LAZY = {
     "load": ("rlprune.api", "load"),
     "PruneResult": ("rlprune.api", "PruneResult"),
     "Budget": ("rlprune.costs", "Budget"),
+    "NoiseRule": ("rlprune.noise", "NoiseRule"),
     "PruningSpace": ("rlprune.space", "PruningSpace"),
     "PruningEnv": ("rlprune.env", "PruningEnv"),
     "Evaluator": ("rlprune.evaluate", "Evaluator"),

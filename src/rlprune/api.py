@@ -23,9 +23,10 @@ from rlprune import latency_table as table_mod
 from rlprune import train as train_mod
 from rlprune.agents.base import SearchResult, check_methods, get_method, method_class
 from rlprune.costs import BoundBudget, Budget
-from rlprune.data import Splits, as_splits
+from rlprune.data import DataSource, Splits, as_splits
 from rlprune.env import PruningEnv
 from rlprune.history import History
+from rlprune.noise import NoiseRule
 from rlprune.space import DEFAULT_IMPORTANCE, PruningSpace
 
 __all__ = ["PruneResult", "prune", "compare", "load", "make_env", "budget_for", "check_inputs"]
@@ -46,7 +47,8 @@ class PruneResult:
     returned model (``reported_only`` for costs shown but not constrained); ``bound``
     is the run's budget with its absolute limits; ``accuracy`` has ``original``,
     ``pruned`` (test split, after fine-tuning if any), ``pruned_before_finetune`` and the
-    reward-split accuracies.
+    reward-split accuracies. ``left_out`` lists every layer the pruning space leaves
+    out, each ``{"name", "type", "reason"}`` (:attr:`~rlprune.space.PruningSpace.left_out`).
     """
 
     model: nn.Module
@@ -64,6 +66,7 @@ class PruneResult:
     original: nn.Module | None = None
     example_input: costs_mod.ExampleInput | None = None
     bound: BoundBudget | None = None
+    left_out: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def feasible(self) -> bool:
@@ -131,12 +134,21 @@ def check_inputs(model: nn.Module, splits: Splits,
         raise ValueError(f"the model must return (batch, classes) scores; for an example "
                          f"input of shape {shape} from {splits.name!r} it returned {got}")
     k = int(out.shape[1])
-    labels = [s.y for s in (splits.train, splits.reward, splits.test) if len(s)]
-    lo, hi = min(int(y.min()) for y in labels), max(int(y.max()) for y in labels)
-    if lo < 0 or hi >= k:
-        raise ValueError(f"the model outputs {k} classes but the labels of {splits.name!r} "
-                         f"run {lo}..{hi}: labels must be 0..{k - 1}; give the data the model "
-                         f"was trained for, or a model with {hi + 1} outputs")
+    # labels known without reading the samples; a streamed split that does not state its
+    # labels is bounded by num_classes instead (and checked batch by batch as it is read)
+    ranges = [s.label_range() for s in (splits.train, splits.reward, splits.test) if len(s)]
+    known = [r for r in ranges if r is not None]
+    if known:
+        lo, hi = min(r[0] for r in known), max(r[1] for r in known)
+        if lo < 0 or hi >= k:
+            raise ValueError(f"the model outputs {k} classes but the labels of "
+                             f"{splits.name!r} run {lo}..{hi}: labels must be 0..{k - 1}; give "
+                             f"the data the model was trained for, or a model with {hi + 1} "
+                             "outputs")
+    if len(known) < len(ranges) and splits.num_classes > k:
+        raise ValueError(f"the model outputs {k} classes but {splits.name!r} has "
+                         f"{splits.num_classes}: give the data the model was trained for, or "
+                         f"a model with {splits.num_classes} outputs")
 
 
 def budget_for(budget: Budget | str, granularity: str) -> Budget:
@@ -186,7 +198,7 @@ def make_env(
 
 def prune(
     model: nn.Module,
-    data: Splits | tuple[Any, ...] | str,
+    data: DataSource,
     budget: Budget | str,
     method: str = "cpl",
     granularity: str = "channel",
@@ -206,11 +218,15 @@ def prune(
     refine: bool = True,
     bound: BoundBudget | None = None,
     latency_table: bool | Mapping[str, table_mod.LatencyTable] = False,
+    noise: NoiseRule | None = None,
 ) -> PruneResult:
     """Prune ``model`` to fit ``budget`` with ``method``; returns a :class:`PruneResult`.
 
-    ``data`` is a :class:`~rlprune.data.Splits`, a dataset name or a tuple
-    ``(x_train, y_train, x_test, y_test)``; ``budget`` a :class:`Budget` or a string
+    ``data`` is a :class:`~rlprune.data.Splits`, a dataset name or spec (``"digits"``,
+    ``"folder:PATH"``, ``"npz:PATH"``), a tuple ``(x_train, y_train, x_test, y_test)``, or
+    a ``torch.utils.data.Dataset`` / ``DataLoader`` (the training set; a pair ``(train,
+    test)`` or a dict with ``train``, ``reward``, ``test``), streamed batch by batch
+    (:func:`~rlprune.data.as_splits`); ``budget`` a :class:`Budget` or a string
     such as ``"params<=0.3,flops<=50%"``; ``granularity`` is ``"channel"`` or
     ``"weight"``. ``episodes`` sets the search length of the searching methods
     (candidate evaluations; ``None``: the method's default), ``method_kwargs`` are
@@ -242,6 +258,14 @@ def prune(
     model for real as always. A mapping ``{cost name: LatencyTable}`` reuses tables
     already built for this model and space (``compare`` does). ``costs[name]["settings"]``
     states how each latency was measured, and whether and how well a table predicted it.
+
+    A noisy cost (latency, or a cost registered ``noisy=True``) is accepted on
+    repeated measurements under ``noise`` (:class:`~rlprune.noise.NoiseRule`: an upper
+    prediction bound that keeps a relative margin below the limit; the defaults if
+    ``None``), both when the returned policy is settled after the search and in the
+    final check; ``costs[name]["noise"]`` reports the measured spread, the bound, the
+    margin and the limit. A returned model that fails the final check is settled again
+    with a larger margin rather than lost.
     """
     _check_model(model)
     if granularity not in ("channel", "weight"):
@@ -258,16 +282,20 @@ def prune(
     if env is None:
         ex = example_input if example_input is not None else splits.example_input(1)
         if bound is None:
-            bound = budget.bind(original, ex)
+            bound = budget.bind(original, ex, rule=noise)
         elif str(bound.budget) != str(budget):
             raise ValueError(f"bound is bound for {str(bound.budget)!r}, not for the budget "
                              f"{str(budget)!r}")
+        elif noise is not None and noise != bound.rule:
+            raise ValueError(f"noise={noise} differs from the rule {bound.rule} the given "
+                             "bound budget was bound with; leave noise out")
         env = make_env(original, splits, bound, method, granularity,
                        importance or DEFAULT_IMPORTANCE, ex, space, seed, **(env_kwargs or {}))
     else:
         given = [name for name, v in (("space", space), ("env_kwargs", env_kwargs),
                                       ("importance", importance),
-                                      ("example_input", example_input), ("bound", bound))
+                                      ("example_input", example_input), ("bound", bound),
+                                      ("noise", noise))
                  if v is not None]
         if given:
             raise ValueError(f"prune(env=...) takes the space, budget and evaluation options "
@@ -308,12 +336,10 @@ def prune(
         pruned = evaluator.build(policy, finetune=False)
         acc: dict[str, float] = {}
         if has_test:
-            acc["original"] = train_mod.evaluate(original, splits.test.x, splits.test.y)
-            acc["pruned_before_finetune"] = train_mod.evaluate(pruned, splits.test.x,
-                                                               splits.test.y)
+            acc["original"] = train_mod.evaluate(original, splits.test)
+            acc["pruned_before_finetune"] = train_mod.evaluate(pruned, splits.test)
         acc["reward_original"] = evaluator.original_accuracy
-        acc["reward_pruned_before_finetune"] = train_mod.evaluate(pruned, splits.reward.x,
-                                                                  splits.reward.y)
+        acc["reward_pruned_before_finetune"] = train_mod.evaluate(pruned, splits.reward)
         t1 = time.perf_counter()
         if finetune_epochs > 0:
             train_mod.fit(pruned, splits, epochs=finetune_epochs, lr=finetune_lr, seed=seed,
@@ -323,16 +349,17 @@ def prune(
                           keep_zeros=granularity == "weight")
         t_ft = time.perf_counter() - t1
         if has_test:
-            acc["pruned"] = train_mod.evaluate(pruned, splits.test.x, splits.test.y)
-        acc["reward_pruned"] = train_mod.evaluate(pruned, splits.reward.x, splits.reward.y)
+            acc["pruned"] = train_mod.evaluate(pruned, splits.test)
+        acc["reward_pruned"] = train_mod.evaluate(pruned, splits.reward)
         return pruned.eval(), acc, t_ft
 
     has_test = len(splits.test) > 0
     pruned, acc, t_ft = finish(result.policy)
     # the final check uses the run's bound budget: the original is not measured again
     measured = bound.evaluate(pruned)
-    noisy = {c.name for c in bound.budget if c.cost.noisy}
-    for margin in (0.06, 0.12):  # a noisy cost failed its last measurement: settle again
+    noisy = set(bound.noisy_names)
+    # a noisy cost failed its final check: settle again with a wider margin, then rebuild
+    for margin in (bound.rule.margin + 0.03, bound.rule.margin + 0.09):
         failed = [n for n, v in measured.items() if not v["ok"]]
         if not failed or not noisy.issuperset(failed):
             break
@@ -344,7 +371,8 @@ def prune(
         measured = bound.evaluate(pruned)
     cost_table: dict[str, dict[str, Any]] = {
         name: {"original": float(v["original"]), "pruned": float(v["value"]),
-               "ratio": float(v["ratio"]), "limit": float(v["limit"]), "ok": bool(v["ok"])}
+               "ratio": float(v["ratio"]), "limit": float(v["limit"]), "ok": bool(v["ok"]),
+               **({"noise": v["noise"]} if "noise" in v else {})}
         for name, v in measured.items()
     }
     for c in bound.budget:  # how a latency was measured, and how well a table predicted it
@@ -364,12 +392,16 @@ def prune(
             cost_table[extra] = {"original": o, "pruned": p, "ratio": p / o if o else 1.0,
                                  "limit": float("nan"), "ok": True, "reported_only": True}
     if not all(c["ok"] for c in cost_table.values()):
-        bad = ", ".join(f"{n}={c['pruned']:.6g} > {c['limit']:.6g}"
-                        for n, c in cost_table.items() if not c["ok"])
+        bad = ", ".join(
+            f"{n}: median {c['pruned']:.4g}, upper bound {c['noise']['measured']['bound']:.4g}"
+            f" > {c['noise']['accept_at']:.4g} (limit {c['limit']:.4g} less the margin)"
+            if "noise" in c else f"{n}={c['pruned']:.6g} > {c['limit']:.6g}"
+            for n, c in cost_table.items() if not c["ok"])
         if noisy.issuperset(n for n, c in cost_table.items() if not c["ok"]):
             raise costs_mod.BudgetInfeasibleError(
                 f"the pruned model fails its final measurement ({bad}) after settling with "
-                "a 12% margin: this machine's timings vary more than the budget allows; "
+                f"a {bound.rule.margin + 0.09:.0%} margin: this machine's timings vary more than "
+                "the budget allows; "
                 "loosen the latency limit or measure on a quieter machine",
                 {n: (c["pruned"], c["limit"]) for n, c in cost_table.items() if not c["ok"]})
         raise RuntimeError(f"internal error: the pruned model violates the budget ({bad}); "
@@ -384,6 +416,7 @@ def prune(
         original=original,
         example_input=ex,
         bound=bound,
+        left_out=[lo.as_dict() for lo in env.space.left_out],
     )
 
 
@@ -398,7 +431,7 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
 
 def compare(
     model: nn.Module,
-    data: Splits | tuple[Any, ...] | str,
+    data: DataSource,
     budget: Budget | str,
     methods: list[str] | tuple[str, ...] = ("cpl", "purl", "amc", "uniform", "random", "global",
                                             "lamp"),
@@ -414,6 +447,7 @@ def compare(
     method_kwargs: dict[str, dict[str, Any]] | None = None,
     on_result: Any = None,
     latency_table: bool = False,
+    noise: NoiseRule | None = None,
 ) -> list[PruneResult]:
     """Run several methods on the same model, data split, budget and fine-tune schedule.
 
@@ -424,8 +458,8 @@ def compare(
 
     ``model``, ``data``, ``budget``, ``granularity``, ``importance``, ``example_input``,
     ``seed``, ``progress``, ``finetune_epochs``, ``finetune_lr``, ``env_kwargs`` and
-    ``latency_table`` mean what they mean to :func:`prune` (the tables are built once and
-    shared by every method); ``methods`` are method ids and ``method_kwargs`` maps a
+    ``latency_table`` and ``noise`` mean what they mean to :func:`prune` (the tables are
+    built once and shared by every method); ``methods`` are method ids and ``method_kwargs`` maps a
     method id to its options.
     """
     check_methods(methods)
@@ -434,9 +468,9 @@ def compare(
     budget = budget_for(budget, granularity)
     ex = example_input if example_input is not None else splits.example_input(1)
     original = copy.deepcopy(model).eval()
-    bound = budget.bind(original, ex)
+    bound = budget.bind(original, ex, rule=noise)
     space = PruningSpace.from_model(original, ex, granularity=granularity, importance=importance,
-                                    data=(splits.train.x[:256], splits.train.y[:256]))
+                                    data=splits.train.take(256))
     tables: dict[str, table_mod.LatencyTable] = {}
     if latency_table:
         tables = table_mod.search_bound(bound, space, original, progress=progress)[1]

@@ -41,9 +41,17 @@ class UserError(Exception):
 _USER_ERRORS = (UserError, ValueError, OSError)
 
 
+#: What ``--data`` takes (for argparse's help: ``%`` doubled).
+_DATA_HELP = ("dataset: digits, mnist, cifar10, cifar100; folder:PATH (one subfolder of images "
+              "per class; a test/ or val/ subfolder, or test_fraction, gives the test split); "
+              "npz:PATH (x_train, y_train, x_test, y_test). Options follow a ?, e.g. "
+              "folder:PATH?size=32&test_fraction=0.2: size, crop, channels, mean, std, "
+              "test_fraction, stream, workers for folder:, classes, mean, std, stream for npz:")
+
+
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data", required=required,
-                   help="dataset: digits, mnist, cifar10, cifar100, synthetic")
+                   help=_DATA_HELP.replace("%", "%%").replace("cifar100;", "cifar100, synthetic;"))
     p.add_argument("--data-dir", default=None,
                    help="folder with the dataset files (default: $RLPRUNE_DATA)")
     p.add_argument("--reward-fraction", type=float, default=0.1,
@@ -98,7 +106,7 @@ def _load_data(args: argparse.Namespace) -> Splits:
     from rlprune import data
 
     return data.load(args.data, root=args.data_dir, reward_fraction=args.reward_fraction,
-                     seed=getattr(args, "seed", 0))
+                     seed=getattr(args, "seed", 0), progress=not getattr(args, "quiet", False))
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -117,15 +125,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rlprune import costs, train
+    from rlprune import costs, data, train
 
     model, meta = train.load_checkpoint(args.checkpoint)
     name = args.data or meta.get("dataset")
     if not name:
         raise UserError("the checkpoint does not name its dataset: pass --data")
+    if not args.data and str(name).lower().replace("-", "") not in data.list_datasets():
+        raise UserError(f"the checkpoint was trained on {name!r}, which is not a dataset "
+                        "rlprune loads by name: pass --data (folder:PATH or npz:PATH, with "
+                        "the options it was trained with)")
     args.data = name
     splits = _load_data(args)
-    acc = train.evaluate(model, splits.test.x, splits.test.y)
+    acc = train.evaluate(model, splits.test)
     ex = splits.example_input(1)
     print(f"{args.checkpoint}: test accuracy {acc:.4f} on {splits.name} "
           f"({len(splits.test)} images), params {costs.count_params(model):,}, "
@@ -150,7 +162,11 @@ _FLAG_HELP = {
              "--checkpoint, the architecture of a plain state dict (read safely, "
              "weights_only=True)",
     "checkpoint": "checkpoint to prune (written by `rlprune pretrain` or save_checkpoint)",
-    "data": "dataset: digits, mnist, cifar10, cifar100",
+    "model_def": "your architecture: package.module:factory or path/to/file.py:Name, called "
+                 "without arguments (use with --weights)",
+    "weights": "trained state dict of --model-def (or of a registry --model), read safely "
+               "(weights_only=True)",
+    "data": _DATA_HELP.replace("%", "%%"),
     "data_dir": "folder with the dataset files (default: $RLPRUNE_DATA)",
     "budget": 'constraints, e.g. "params<=0.1" or "flops<=50%%,latency_ms<=2"',  # %% for argparse
     "method": "search method: cpl, cpl-paper, purl, amc, uniform, random, global, lamp",
@@ -171,6 +187,10 @@ _FLAG_HELP = {
     "latency_table": "during the search, predict latency constraints (latency_ms, "
                      "ort_latency_ms, latency_b8_t2_ms...) from per-layer timings taken once "
                      "(channel pruning); the result is still measured for real",
+    "noise_margin": "noisy costs (latency): relative margin their measured upper bound "
+                    "must keep below the limit (default 0.03 = 3%%)",
+    "noise_repeats": "noisy costs: measurements of a model per acceptance check "
+                     "(default 5)",
     "reward_fraction": "fraction of the training set held out as the reward split",
     "pretrain_epochs": "epochs when pretraining a registry --model",
     "seed": "random seed (the run is reproducible from it)",

@@ -59,6 +59,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlprune.noise import MeasurementTape, NoiseRule, Spread, fingerprint
+
 __all__ = [
     "BUDGET_SYNTAX",
     "ExampleInput",
@@ -827,11 +829,15 @@ class Budget:
     """Several hard constraints at once; each holds iff ``value <= limit`` (no tolerance).
 
     Build with keywords (``limits``), one per registered cost, and ``custom`` for
-    unregistered callables, ``{name: (fn, limit)}``; ``constraints`` prepends ready
-    :class:`Constraint` objects::
+    unregistered callables, ``{name: (fn, limit)}`` or ``{name: (fn, limit, options)}``
+    where ``options`` may set ``noisy`` (a measured cost, accepted on repeated
+    measurements: :mod:`rlprune.noise`), ``unit`` and ``relative`` as
+    :func:`register_cost` does; ``constraints`` prepends ready :class:`Constraint`
+    objects::
 
         Budget(params=0.3, flops="50%", latency_ms=2.0,
-               custom={"conv_channels": (fn, 300)})
+               custom={"conv_channels": (fn, 300),
+                       "energy_mj": (meter, "80%", {"noisy": True, "unit": "mJ"})})
         Budget.parse("params<=0.3,flops<=50%,latency_ms<=2")
 
     For ``params``, ``nonzero_params``, ``macs``, ``flops``, ``memory_mb`` and
@@ -846,7 +852,8 @@ class Budget:
         self,
         constraints: Sequence[Constraint] = (),
         *,
-        custom: Mapping[str, tuple[CostFn, float | str]] | None = None,
+        custom: Mapping[str, tuple[CostFn, float | str]
+                        | tuple[CostFn, float | str, Mapping[str, Any]]] | None = None,
         **limits: float | str,
     ):
         items: list[Constraint] = list(constraints)
@@ -855,17 +862,29 @@ class Budget:
             value, percent = _parse_limit(name, raw, f"{name}={raw!r}")
             items.append(Constraint(cost.name, cost, value, percent))
         for name, spec in (custom or {}).items():
-            if not (isinstance(spec, tuple) and len(spec) == 2):
+            if not (isinstance(spec, tuple) and len(spec) in (2, 3)):
                 raise ValueError(
-                    f"custom constraint {name!r} must be a (callable, limit) pair, got {spec!r}"
+                    f"custom constraint {name!r} must be a (callable, limit) pair or a "
+                    f"(callable, limit, options) triple, got {spec!r}"
                 )
-            fn, raw = spec
+            fn, raw = spec[0], spec[1]
+            given: Any = spec[2] if len(spec) == 3 else {}
+            if not isinstance(given, Mapping):
+                raise ValueError(f"custom constraint {name!r}: options must be a mapping "
+                                 f"such as {{'noisy': True}}, got {given!r}")
+            opts: dict[str, Any] = dict(given)
+            unknown = sorted(set(opts) - {"noisy", "unit", "relative"})
+            if unknown:
+                raise ValueError(f"custom constraint {name!r}: unknown option(s) "
+                                 f"{', '.join(map(repr, unknown))}; allowed: 'noisy', 'unit', "
+                                 "'relative'")
             if str(name).lower() in _COSTS:
                 raise ValueError(
                     f"custom cost name {name!r} shadows the registered cost of that name; "
                     "pick another name"
                 )
-            cost = _make_cost(str(name), fn, False, False, "", None)
+            cost = _make_cost(str(name), fn, bool(opts.get("relative", False)),
+                              bool(opts.get("noisy", False)), str(opts.get("unit", "")), None)
             value, percent = _parse_limit(name, raw, f"{name}={raw!r}")
             items.append(Constraint(cost.name, cost, value, percent))
         if not items:
@@ -976,15 +995,29 @@ class Budget:
         that take an input (MACs, latency) run the model on."""
         return {c.name: c.cost(model, example_input) for c in self._constraints}
 
-    def bind(self, original: nn.Module, example_input: ExampleInput | None = None) -> BoundBudget:
+    def bind(self, original: nn.Module, example_input: ExampleInput | None = None,
+             rule: NoiseRule | None = None) -> BoundBudget:
         """Measure ``original`` once and resolve every limit: the object searches use.
 
         A run binds its budget once, at its start; the :class:`BoundBudget` is then used
         unchanged by the search, projection and the final check, so a relative limit on
-        a noisy cost (latency) cannot move between them. ``example_input`` is a batch
-        the model accepts, kept for measuring candidates later.
+        a noisy cost (latency) cannot move between them. A noisy cost of the original
+        is measured ``rule.original_repeats`` times and its median used
+        (:class:`~rlprune.noise.NoiseRule`, the defaults if ``rule`` is ``None``).
+        ``example_input`` is a batch the model accepts, kept for measuring candidates
+        later.
         """
-        return BoundBudget(self, self.measure(original, example_input), example_input)
+        rule = rule or NoiseRule()
+        values: dict[str, float] = {}
+        spreads: dict[str, Spread] = {}
+        for c in self._constraints:
+            if c.cost.noisy:
+                runs = [c.cost(original, example_input) for _ in range(rule.original_repeats)]
+                spreads[c.name] = rule.spread(runs)
+                values[c.name] = spreads[c.name].median
+            else:
+                values[c.name] = c.cost(original, example_input)
+        return BoundBudget(self, values, example_input, rule=rule, original_spread=spreads)
 
 
 class BoundBudget:
@@ -993,9 +1026,12 @@ class BoundBudget:
     ``original`` holds the original model's cost values and ``limits`` the absolute
     limits, both by name; ``limit_vector`` is the limits in constraint order. Measuring
     a candidate costs only the candidate's own cost evaluations. :meth:`to_dict` is
-    what a run stores; ``BoundBudget(budget, stored["original"])`` restores it without
-    measuring the original again. ``budget`` is the :class:`Budget` bound and
-    ``example_input`` the batch candidates are measured on.
+    what a run stores; :meth:`from_dict` restores it without measuring the original
+    again. ``budget`` is the :class:`Budget` bound and ``example_input`` the batch
+    candidates are measured on. ``rule`` says how noisy costs are accepted
+    (:class:`~rlprune.noise.NoiseRule`; defaults if ``None``) and ``original_spread``
+    holds, per noisy cost, the spread of the measurements that resolved its limit.
+    ``tape`` (set by a run) records the noisy measurements for replay on resume.
     """
 
     def __init__(
@@ -1003,12 +1039,29 @@ class BoundBudget:
         budget: Budget,
         original: Mapping[str, float],
         example_input: ExampleInput | None = None,
+        rule: NoiseRule | None = None,
+        original_spread: Mapping[str, Spread] | None = None,
     ):
         self.budget = budget
         self.example_input = example_input
+        self.rule = rule or NoiseRule()
+        self.original_spread: dict[str, Spread] = dict(original_spread or {})
+        self.tape: MeasurementTape | None = None
         self.original: dict[str, float] = {c.name: float(original[c.name]) for c in budget}
         self.limits: dict[str, float] = {c.name: c.resolve(self.original[c.name]) for c in budget}
         self.limit_vector = np.array([self.limits[c.name] for c in budget], dtype=np.float64)
+
+    @classmethod
+    def from_dict(cls, budget: Budget, stored: Mapping[str, Any],
+                  example_input: ExampleInput | None = None) -> BoundBudget:
+        """The bound budget of :meth:`to_dict` for ``budget`` (which must be the one
+        stored), without measuring anything; ``example_input`` as in the constructor."""
+        if stored.get("budget") != str(budget):
+            raise ValueError(f"the stored bound budget is {stored.get('budget')!r}, not "
+                             f"{str(budget)!r}")
+        spreads = {str(k): Spread(**v) for k, v in (stored.get("original_spread") or {}).items()}
+        return cls(budget, stored["original"], example_input,
+                   rule=NoiseRule.from_dict(stored.get("noise")), original_spread=spreads)
 
     @property
     def names(self) -> list[str]:
@@ -1020,20 +1073,62 @@ class BoundBudget:
         """Whether any constraint is measured with noise (its feasibility must be re-checked)."""
         return any(c.cost.noisy for c in self.budget)
 
+    @property
+    def noisy_names(self) -> list[str]:
+        """Names of the noisy constraints, in order."""
+        return [c.name for c in self.budget if c.cost.noisy]
+
     def __len__(self) -> int:
         return len(self.budget)
 
     def __str__(self) -> str:
         return str(self.budget)
 
-    def measure(self, model: nn.Module) -> dict[str, float]:
-        """Each constraint's cost of ``model``, by name."""
-        return self.budget.measure(model, self.example_input)
+    def measure(self, model: nn.Module, taped: bool = True) -> dict[str, float]:
+        """Each constraint's cost of ``model``, by name, measured once.
+
+        With a ``tape`` and noisy costs, the measurement is taken back from the
+        tape when a resumed run replays it, and recorded otherwise; ``taped=False``
+        measures without the tape (a candidate's own scoring: the candidate log keeps
+        its values and a resumed run does not score logged candidates again).
+        """
+        tape = self.tape if (self.noisy and taped) else None
+        if tape is None:
+            return self.budget.measure(model, self.example_input)
+        fp = fingerprint(model)
+        values = tape.take(fp)
+        if values is None or set(values) != set(self.names):
+            values = self.budget.measure(model, self.example_input)
+            tape.record(fp, values)
+        return values
+
+    def repeated(self, model: nn.Module) -> dict[str, list[float]]:
+        """Every constraint's values of ``model``: noisy costs measured
+        ``rule.repeats`` times, the others once."""
+        runs = [self.measure(model) for _ in range(self.rule.repeats if self.noisy else 1)]
+        noisy = set(self.noisy_names)
+        return {n: [r[n] for r in runs] if n in noisy else [runs[0][n]] for n in self.names}
+
+    def accepts_values(self, values: Mapping[str, Sequence[float]],
+                       margin: float | None = None) -> bool:
+        """Whether repeated values (:meth:`repeated`) meet every constraint: noisy ones
+        under the rule (:meth:`~rlprune.noise.NoiseRule.accepts`, with ``margin`` if
+        given), the others as ``value <= limit``."""
+        noisy = set(self.noisy_names)
+        return all(self.rule.accepts(values[n], self.limits[n], margin) if n in noisy
+                   else values[n][0] <= self.limits[n] for n in self.names)
+
+    def accepts(self, model: nn.Module, margin: float | None = None) -> bool:
+        """Whether ``model`` meets the budget under the noise rule, measured afresh;
+        ``margin`` overrides the rule's margin."""
+        return self.accepts_values(self.repeated(model), margin)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"budget": text, "original": {name: value}, "limits": {name: value}}``."""
+        """``{"budget": text, "original": {name: value}, "limits": {name: value},
+        "noise": rule, "original_spread": {name: spread}}``."""
         return {"budget": str(self.budget), "original": dict(self.original),
-                "limits": dict(self.limits)}
+                "limits": dict(self.limits), "noise": self.rule.to_dict(),
+                "original_spread": {n: s.to_dict() for n, s in self.original_spread.items()}}
 
     def ratios_of(self, values: Mapping[str, float]) -> np.ndarray:
         """``value_i / limit_i`` in constraint order from already measured values."""
@@ -1051,22 +1146,37 @@ class BoundBudget:
         return all(values[n] <= lim for n, lim in zip(self.names, self.limit_vector))
 
     def feasible(self, model: nn.Module) -> bool:
-        """Whether ``model`` meets every constraint."""
+        """Whether ``model`` meets every constraint (one measurement each)."""
         return self.ok_of(self.measure(model))
 
-    def evaluate(self, model: nn.Module) -> dict[str, dict[str, float | bool]]:
+    def evaluate(self, model: nn.Module) -> dict[str, dict[str, Any]]:
         """Per constraint of ``model``: value, original, limit, ratio (value / original),
-        usage (value / limit) and ok (value <= limit)."""
-        values = self.measure(model)
-        out: dict[str, dict[str, float | bool]] = {}
+        usage (value / limit) and ok. A noisy cost is measured ``rule.repeats`` times:
+        its value is the median, ``ok`` follows the rule and ``noise`` holds the spread,
+        the bound, the margin and the spread of the original's measurements."""
+        runs = self.repeated(model)
+        noisy = set(self.noisy_names)
+        out: dict[str, dict[str, Any]] = {}
         for name in self.names:
-            v, o, lim = values[name], self.original[name], self.limits[name]
+            o, lim = self.original[name], self.limits[name]
+            if name in noisy:
+                spread = self.rule.spread(runs[name])
+                v, ok = spread.median, self.rule.accepts(runs[name], lim)
+            else:
+                v = runs[name][0]
+                ok = v <= lim
             out[name] = {
                 "value": v,
                 "original": o,
                 "limit": lim,
                 "ratio": _safe_ratio(v, o),
                 "usage": _safe_ratio(v, lim),
-                "ok": bool(v <= lim),
+                "ok": bool(ok),
             }
+            if name in noisy:
+                out[name]["noise"] = {
+                    "measured": spread.to_dict(), "margin": self.rule.margin,
+                    "z": self.rule.z, "accept_at": lim / (1.0 + self.rule.margin),
+                    "original": (self.original_spread[name].to_dict()
+                                 if name in self.original_spread else None)}
         return out

@@ -424,7 +424,8 @@ def search_bound(
         cost = Cost(c.name, table, relative=c.cost.relative, noisy=False, takes_input=True,
                     unit=c.cost.unit)
         items.append(Constraint(c.name, cost, c.value, c.percent))
-    return BoundBudget(Budget(items), bound.original, bound.example_input), built
+    return BoundBudget(Budget(items), bound.original, bound.example_input, rule=bound.rule,
+                       original_spread=bound.original_spread), built
 
 
 def settle(
@@ -432,39 +433,37 @@ def settle(
     model: nn.Module,
     policy: Sequence[float] | np.ndarray,
     bound: BoundBudget,
-    checks: int = 3,
-    margin: float = 0.03,
+    margin: float | None = None,
 ) -> np.ndarray:
-    """``policy`` made to meet ``bound`` as measured for real, after a table's search.
+    """``policy`` made to meet ``bound`` under its noise rule, measured for real.
 
     The policy is projected with real measurements (:func:`~rlprune.projection.project`;
     unchanged if it fits) and then moved toward the most aggressive policy of ``space``
-    in small steps until ``checks`` fresh measurements of the pruned ``model`` in a row
-    meet every constraint, each noisy one with ``margin`` to spare (``value * (1 +
-    margin) <= limit``): the final check of the returned model measures once more, and
-    one measurement right at the limit would pass or fail by chance. Raises
-    :class:`~rlprune.costs.BudgetInfeasibleError` if even the most aggressive policy fails.
+    in small steps until the pruned ``model`` is accepted by the bound's
+    :class:`~rlprune.noise.NoiseRule` (``rule.repeats`` fresh measurements whose upper
+    bound keeps ``margin``, the rule's unless given, below every noisy limit): one
+    measurement right at the limit would pass or fail the final check by chance. Used
+    after a search whose noisy costs were measured once per candidate, or predicted by
+    a lookup table. Raises :class:`~rlprune.costs.BudgetInfeasibleError` if even the
+    most aggressive policy fails.
     """
     p = project(space, model, policy, bound)
     pmax = space.max_policy()
     base = np.minimum(p, pmax)
-    noisy = {c.name for c in bound.budget if c.cost.noisy}
-
-    def holds(pruned: nn.Module) -> bool:
-        values = bound.measure(pruned)
-        return all(values[n] * (1.0 + margin if n in noisy else 1.0) <= bound.limits[n]
-                   for n in bound.names)
-
+    m = bound.rule.margin if margin is None else margin
     for t in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0):
         q = np.minimum(base + t * (pmax - base), pmax)
-        pruned = space.apply(model, q)
-        if all(holds(pruned) for _ in range(checks)):
+        if bound.accepts(space.apply(model, q), m):
             return q
-    values = bound.measure(space.apply(model, pmax))
+    runs = bound.repeated(space.apply(model, pmax))
+    noisy = bound.noisy_names
+    failing = {n: (max(v), bound.limits[n]) for n, v in runs.items()
+               if not (bound.rule.accepts(v, bound.limits[n], m) if n in noisy
+                       else v[0] <= bound.limits[n])}
     raise BudgetInfeasibleError(
-        f"budget cannot be met reliably: a latency cost fails {checks} measurements in a row "
-        f"with a {margin:.0%} margin even at the most aggressive pruning allowed (last "
-        "measured: " + ", ".join(f"{n}={values[n]:.4g}, limit {bound.limits[n]:.4g}"
-                                 for n in sorted(noisy)) + ")",
-        {n: (values[n], bound.limits[n]) for n in bound.names
-         if values[n] * (1.0 + margin if n in noisy else 1.0) > bound.limits[n]})
+        f"budget cannot be met reliably: even the most aggressive pruning allowed does not "
+        f"keep a {m:.0%} margin over {bound.rule.repeats} measurements (measured: "
+        + ", ".join(f"{n} median {bound.rule.spread(runs[n]).median:.4g}, upper bound "
+                    f"{bound.rule.spread(runs[n]).bound:.4g}, limit {bound.limits[n]:.4g}"
+                    for n in noisy) + "); loosen the limit or measure on a quieter machine",
+        failing)

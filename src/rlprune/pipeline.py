@@ -36,8 +36,11 @@ __all__ = ["RunConfig", "load_config", "run_prune", "run_compare", "demo", "cach
 class RunConfig:
     """Every setting of a prune or compare run (each is also a CLI flag).
 
-    What: a registry ``model`` (pretrained for ``pretrain_epochs`` and cached) or a
-    ``checkpoint``, pruned on the dataset ``data`` (files in ``data_dir``, default
+    What: a registry ``model`` (pretrained for ``pretrain_epochs`` and cached), a
+    ``checkpoint``, or a user's architecture ``model_def`` (``package.module:factory``
+    or ``path/to/file.py:Name``, :func:`rlprune.models.load_definition`) with its
+    trained state dict ``weights`` (read with ``weights_only=True``; ``weights`` also
+    fits a registry ``model``), pruned on the dataset ``data`` (files in ``data_dir``, default
     ``$RLPRUNE_DATA``) of which ``reward_fraction`` of the training set is held out as
     the reward split, to fit ``budget`` (a budget string) at ``granularity``
     (``channel`` or ``weight``) with channels or weights ranked by ``importance``.
@@ -50,7 +53,9 @@ class RunConfig:
     it cannot beat the best; the result is fine-tuned for ``finetune_epochs`` at
     ``finetune_lr``, distilling from the original with ``distill``. ``seed`` makes the
     run reproducible. ``latency_table`` lets the search predict latency constraints from a
-    per-layer lookup table (the result is still measured for real).
+    per-layer lookup table (the result is still measured for real). A noisy cost
+    (latency) is accepted on ``noise_repeats`` measurements whose upper bound keeps a
+    relative margin ``noise_margin`` below its limit (:class:`rlprune.noise.NoiseRule`).
 
     Output: the run directory ``out``, with ``pruned.onnx`` when ``onnx``, the PNG plots
     when ``plots`` and TensorBoard scalars when ``tensorboard``; ``quiet`` hides the
@@ -59,6 +64,8 @@ class RunConfig:
 
     model: str | None = None  # registry name (pretrained and cached if no checkpoint)
     checkpoint: str | None = None  # a checkpoint written by `rlprune pretrain` / save_checkpoint
+    model_def: str | None = None  # a user's architecture: package.module:factory or file.py:Name
+    weights: str | None = None  # the state dict of model_def (or of a registry model)
     data: str | None = None
     data_dir: str | None = None
     budget: str | None = None
@@ -77,6 +84,8 @@ class RunConfig:
     dense_samples: int | None = None
     race: bool = True
     latency_table: bool = False  # predict latency costs from a lookup table during the search
+    noise_margin: float = 0.03  # noisy costs: relative margin of the upper bound below a limit
+    noise_repeats: int = 5  # noisy costs: measurements per acceptance check
     reward_fraction: float = 0.1
     pretrain_epochs: int = 10
     seed: int = 0
@@ -89,12 +98,14 @@ class RunConfig:
     def validate(self) -> None:
         """Clear errors for missing or malformed settings."""
         if not self.data:
-            raise ValueError("no dataset: give --data (digits, mnist, cifar10, cifar100) or "
-                             "`data:` in the config")
+            raise ValueError("no dataset: give --data (digits, mnist, cifar10, cifar100, "
+                             "folder:PATH, npz:PATH) or `data:` in the config")
         if not self.budget:
             raise ValueError('no budget: give --budget, e.g. "params<=0.3,flops<=50%"')
-        if not self.model and not self.checkpoint:
-            raise ValueError("give a --checkpoint to prune, or a registry --model to pretrain")
+        if not (self.model or self.checkpoint or self.model_def or self.weights):
+            raise ValueError("give a --checkpoint to prune, a registry --model to pretrain, or "
+                             "your own --model-def with its --weights")
+        self._check_model_source()
         if self.granularity not in ("channel", "weight"):
             raise ValueError(f"granularity must be channel or weight, got {self.granularity!r}")
         for name in ("episodes", "finetune_epochs", "pretrain_epochs", "search_finetune_steps"):
@@ -104,6 +115,32 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
+        self.noise_rule()
+
+    def _check_model_source(self) -> None:
+        """One way to name the model: ``model_def`` needs ``weights``, ``weights`` needs
+        an architecture, and a whole ``checkpoint`` goes alone (or with a registry
+        ``model`` for a plain state dict)."""
+        if self.model_def and self.model:
+            raise ValueError("give either --model-def (your architecture) or --model (a "
+                             "registry name), not both")
+        if self.model_def and not self.weights:
+            raise ValueError("--model-def builds the architecture only: give its trained "
+                             "weights with --weights FILE (torch.save(model.state_dict(), FILE))")
+        if self.weights and not (self.model_def or self.model):
+            raise ValueError("--weights holds a state dict, which does not say which "
+                             "architecture to build: add --model-def package.module:factory "
+                             "(or path/to/file.py:Name), or a registry --model NAME")
+        if self.weights and self.checkpoint:
+            raise ValueError("give the weights once: --weights (a state dict, with --model-def "
+                             "or --model) or --checkpoint (an rlprune checkpoint), not both")
+
+    def noise_rule(self) -> Any:
+        """The :class:`rlprune.noise.NoiseRule` of ``noise_repeats`` and ``noise_margin``
+        (``ValueError`` for values out of range)."""
+        from rlprune.noise import NoiseRule
+
+        return NoiseRule(repeats=self.noise_repeats, margin=self.noise_margin)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -206,7 +243,7 @@ def pretrain(model_name: str, splits: Any, epochs: int, lr: float | None = None,
                        batch_size=batch_size, weight_decay=weight_decay, seed=seed,
                        progress=progress, desc=f"pretrain {model_name}")
     wall = time.perf_counter() - t0
-    acc = train.evaluate(model, splits.test.x, splits.test.y)
+    acc = train.evaluate(model, splits.test)
     meta = {"dataset": splits.name, "mean": list(splits.mean), "std": list(splits.std),
             "input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
             "test_accuracy": acc, "epochs": epochs, "seed": seed,
@@ -259,9 +296,25 @@ def _check_names(cfg: RunConfig, methods: list[str]) -> None:
 def _load_inputs(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any]]:
     from rlprune import data, train
 
+    user = None
+    if cfg.weights and not Path(cfg.weights).is_file():
+        raise FileNotFoundError(f"--weights {cfg.weights}: no such file (a state dict saved "
+                                "with torch.save(model.state_dict(), FILE))")
+    if cfg.model_def:
+        from rlprune import models
+
+        # a user's architecture and its plain state dict (read with weights_only=True: no
+        # code in the weights file runs), before the data: a wrong one fails at once
+        user = train.load_checkpoint(cfg.weights or "",
+                                     model=models.load_definition(cfg.model_def))
     splits = data.load(cfg.data or "", root=cfg.data_dir, reward_fraction=cfg.reward_fraction,
-                       seed=cfg.seed)
-    if cfg.checkpoint and cfg.model:
+                       seed=cfg.seed, progress=not cfg.quiet)
+    if user is not None:
+        model, meta = user
+    elif cfg.weights:  # a plain state dict of a registry model
+        model, meta = train.load_checkpoint(cfg.weights, model=registry_model(cfg.model or "",
+                                                                             splits))
+    elif cfg.checkpoint and cfg.model:
         # a plain state dict of a registry model: read with weights_only=True (no code runs)
         model, meta = train.load_checkpoint(cfg.checkpoint,
                                             model=registry_model(cfg.model, splits))
@@ -330,6 +383,8 @@ def _save_config(run_dir: Path, cfg: RunConfig, command: str) -> None:
 
 #: The bound budget of a run directory: every limit resolved once, at the run's start.
 BUDGET_FILE = "budget.json"
+#: The noisy measurements of a run, in order, replayed when it is resumed.
+MEASUREMENTS_FILE = "measurements.jsonl"
 
 
 def _bound_budget(cfg: RunConfig, model: Any, ex: Any, run_dir: Path | None,
@@ -347,8 +402,8 @@ def _bound_budget(cfg: RunConfig, model: Any, ex: Any, run_dir: Path | None,
         if stored.get("budget") != str(budget):
             raise ValueError(f"{path} binds {stored.get('budget')!r}, not the run's budget "
                              f"{str(budget)!r}")
-        return BoundBudget(budget, stored["original"], ex)
-    return budget.bind(model, ex)
+        return BoundBudget.from_dict(budget, stored, ex)
+    return budget.bind(model, ex, rule=cfg.noise_rule())
 
 
 def _check_out(out: str | None) -> None:
@@ -392,12 +447,14 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
 
     The budget is bound once at the start and stored in ``budget.json``; a resumed run
     reads it back instead of measuring the original model again, and replays the
-    candidates of ``log.jsonl``.
+    candidates of ``log.jsonl`` and the noisy measurements of ``measurements.jsonl``
+    (:class:`rlprune.noise.MeasurementTape`).
     """
     from rlprune import api, report
     from rlprune.costs import Budget
     from rlprune.fileio import atomic_write_json
     from rlprune.history import History
+    from rlprune.noise import MeasurementTape
 
     cfg.validate()
     _check_names(cfg, [cfg.method])
@@ -412,6 +469,10 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
     ex = splits.example_input(1)
     api.check_inputs(model, splits, ex)
     bound = _bound_budget(cfg, model, ex, run_dir, resume)
+    tape_path = None if run_dir is None else run_dir / MEASUREMENTS_FILE
+    if bound.noisy and tape_path is not None:
+        bound.tape = (MeasurementTape.load(tape_path) if resume and tape_path.is_file()
+                      else MeasurementTape())
     env = api.make_env(model, splits, bound, cfg.method, cfg.granularity, cfg.importance, ex,
                        seed=cfg.seed, history=History(replay), **_env_kwargs(cfg))
     if replay:
@@ -431,6 +492,8 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
                 log_path.unlink()
             _save_config(run_dir, cfg, command)
         atomic_write_json(run_dir / BUDGET_FILE, bound.to_dict())
+        if bound.tape is not None and tape_path is not None and bound.tape.path is None:
+            bound.tape.attach(tape_path)
     recorder = _recorder(log_path, env, run_dir / "tb" if (cfg.tensorboard and run_dir) else None)
     result = api.prune(model, splits, bound.budget, method=cfg.method,
                        granularity=cfg.granularity, finetune_epochs=cfg.finetune_epochs,
@@ -472,7 +535,7 @@ def run_compare(cfg: RunConfig, command: str = "") -> list[Any]:
                           finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr,
                           importance=cfg.importance, example_input=ex, seed=cfg.seed,
                           progress=not cfg.quiet, env_kwargs=env_kwargs, on_result=done,
-                          latency_table=cfg.latency_table)
+                          latency_table=cfg.latency_table, noise=cfg.noise_rule())
     rows = [report.compare_row(r) for r in results]
     original = {"test": results[0].accuracy.get("original"),
                 "reward": results[0].accuracy.get("reward_original")}
@@ -481,7 +544,8 @@ def run_compare(cfg: RunConfig, command: str = "") -> list[Any]:
     if cfg.out:
         out = Path(cfg.out)
         report.write_compare(out, rows, original=original, budget=budget, data_name=splits.name,
-                             model_name=cfg.model or cfg.checkpoint, command=command,
+                             model_name=cfg.model or cfg.model_def or cfg.checkpoint,
+                             command=command,
                              plots=cfg.plots)
         best = max(results, key=lambda r: (r.accuracy.get("reward_pruned") or 0.0))
         report.write_run(out / f"best-{best.method}", best, data_name=splits.name,

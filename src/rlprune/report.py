@@ -203,7 +203,8 @@ def run_report(
     command line, a string or its words), ``config`` (the run's settings),
     ``onnx_check`` (what :func:`~rlprune.export.export_onnx` returned), ``files``
     (the run's files by key) and, with ``include_versions``, the package versions
-    (:func:`environment_info`).
+    (:func:`environment_info`). ``left_out`` lists the layers the pruning space left
+    out and why (the result's ``left_out``, when it has one).
     """
     names = constraint_names(result.costs)
     cmd = shlex.join(command) if command is not None and not isinstance(command, str) \
@@ -228,6 +229,9 @@ def run_report(
         "config": dict(config) if config is not None else None,
         "onnx": dict(onnx_check) if onnx_check is not None else None,
         "num_layers": len(result.layers),
+        # every layer the pruning space left out, and why (a result without the field,
+        # such as one rebuilt from an older run, reports none)
+        "left_out": [dict(r) for r in getattr(result, "left_out", None) or []],
         "files": dict(files or {}),
     }
     if include_versions:
@@ -262,6 +266,28 @@ def _summary_line(rep: Mapping[str, Any]) -> str:
             f"to **{what}**, {split} accuracy **{fmt_acc(a)} → {fmt_acc(b)}**.")
 
 
+def _noise_lines(costs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Per noisy cost: what was measured, its upper bound, the margin and the limit."""
+    out = []
+    for n, c in costs.items():
+        noise = c.get("noise")
+        if not noise:
+            continue
+        m = noise["measured"]
+        line = (f"- `{n}` is noisy: {m['n']:.0f} measurements of the pruned model, median "
+                f"{fmt_num(m['median'])} (sd {fmt_num(m['sd'])}, {fmt_num(m['low'])} to "
+                f"{fmt_num(m['high'])}); upper bound {fmt_num(m['bound'])} (mean + "
+                f"{noise['z']:g} sd x sqrt(1 + 1/n), at least the largest), accepted at "
+                f"most {fmt_num(noise['accept_at'])}: the "
+                f"limit {fmt_num(c.get('limit'))} less a {100 * noise['margin']:g}% margin")
+        o = noise.get("original")
+        if o:
+            line += (f"; the original's median {fmt_num(o['median'])} over {o['n']:.0f} "
+                     f"measurements (sd {fmt_num(o['sd'])}) resolved the limit")
+        out.append(line + ".")
+    return out + [""] if out else []
+
+
 def report_markdown(rep: Mapping[str, Any], layers: Sequence[Mapping[str, Any]] = (),
                     plots: Mapping[str, str] | None = None) -> str:
     """``report.md``: the report for people, built from :func:`run_report`'s dict ``rep``.
@@ -290,6 +316,7 @@ def report_markdown(rep: Mapping[str, Any], layers: Sequence[Mapping[str, Any]] 
     # how measured costs were measured (a latency's runtime, batch size, threads, table)
     out += [f"- `{n}`: {c['settings']}." for n, c in rep["costs"].items() if c.get("settings")]
     out += [""] if any(c.get("settings") for c in rep["costs"].values()) else []
+    out += _noise_lines(rep["costs"])
 
     acc = rep["accuracy"]
     out += ["## Accuracy", "",
@@ -351,12 +378,25 @@ def report_markdown(rep: Mapping[str, Any], layers: Sequence[Mapping[str, Any]] 
         for r in layers:
             b, a = as_float(r.get("before")), as_float(r.get("after"))
             kept = a / b if b else math.nan
-            rows.append([r.get("index", ""), f"`{r.get('name', '')}`", r.get("kind", ""),
+            kind = str(r.get("kind", ""))
+            if "heads_before" in r:  # whole attention heads
+                kind += f", heads {r['heads_before']} → {r.get('heads_after')}"
+            elif r.get("groups"):  # the same channels removed from every group
+                kind += f", even over {r['groups']} groups"
+            rows.append([r.get("index", ""), f"`{r.get('name', '')}`", kind,
                          f"{as_float(r.get('ratio')):.3f}", fmt_num(b), fmt_num(a),
                          fmt_ratio(kept)])
         out += [_md_table(["#", "layer", "kind", "prune ratio", f"{unit} before",
                            f"{unit} after", "kept"], rows,
                           ["r", "l", "l", "r", "r", "r", "r"]), ""]
+
+    left_out = rep.get("left_out") or []
+    if left_out:
+        out += ["## Layers left out", "",
+                "Layers (or parameters) that no pruning entry shrinks, and why.", "",
+                _md_table(["layer", "type", "reason"],
+                          [[f"`{r.get('name', '')}`", r.get("type", ""), r.get("reason", "")]
+                           for r in left_out], ["l", "l", "l"]), ""]
 
     if plots:
         out += ["## Plots", ""]

@@ -1,0 +1,280 @@
+"""Noisy costs: the acceptance rule, limits resolved from many repeats, the report of
+the measured spread, custom noisy costs, and resume replaying measurements."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from torch import nn
+
+from rlprune import api, costs, data, pipeline, train
+from rlprune.costs import BoundBudget, Budget
+from rlprune.noise import MeasurementTape, NoiseRule, Spread, fingerprint
+from rlprune.runlog import read_log
+
+
+def count_params(model: nn.Module) -> float:
+    return float(sum(p.numel() for p in model.parameters()))
+
+
+class Jitter:
+    """A noisy cost: the parameter count times ``1 + U(-amp, amp)`` from its own RNG,
+    which nothing reseeds (like a latency); ``calls`` counts real measurements."""
+
+    def __init__(self, amp: float = 0.02, seed: int | None = None):
+        self.amp, self.rng, self.calls = amp, random.Random(seed), 0
+
+    def __call__(self, model: nn.Module) -> float:
+        self.calls += 1
+        return count_params(model) * (1.0 + self.rng.uniform(-self.amp, self.amp))
+
+
+class Sequence_:
+    """A cost returning the given values in turn (then the last one)."""
+
+    def __init__(self, values: list[float]):
+        self.values, self.i = values, 0
+
+    def __call__(self, model: nn.Module) -> float:
+        v = self.values[min(self.i, len(self.values) - 1)]
+        self.i += 1
+        return v
+
+
+# ----------------------------------------------------------------------- the rule
+def test_spread_bound_is_a_prediction_bound_never_below_the_largest_value() -> None:
+    s = Spread.of([1.0, 1.0, 1.0, 1.0])
+    assert (s.median, s.sd, s.bound) == (1.0, 0.0, 1.0)
+    s = Spread.of([1.0, 2.0, 3.0], z=2.0)
+    assert s.sd == pytest.approx(1.0)
+    assert s.bound == pytest.approx(2.0 + 2.0 * np.sqrt(1 + 1 / 3))
+    assert Spread.of([5.0, 1.0], z=0.0).bound == 5.0  # the largest value at least
+    with pytest.raises(ValueError, match="no measurements"):
+        Spread.of([])
+
+
+def test_rule_accepts_only_with_the_margin_below_the_limit() -> None:
+    rule = NoiseRule(z=0.0, margin=0.05)
+    assert rule.accepts([1.0, 1.0], 1.05)
+    assert not rule.accepts([1.0, 1.0], 1.04)  # median inside the limit, the margin not
+    assert rule.accepts([1.0, 1.0], 1.04, margin=0.0)
+    wide = NoiseRule(z=2.0, margin=0.0)
+    assert not wide.accepts([0.8, 1.0, 0.9], 1.0)  # every value in, the bound above
+    assert NoiseRule.from_dict(rule.to_dict()) == rule
+    assert NoiseRule.from_dict(None) == NoiseRule()
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"repeats": 1}, "repeats must be an integer >= 2"),
+    ({"margin": -0.1}, "margin must be a finite number >= 0"),
+    ({"margin": 1.5}, "fraction of the limit"),
+    ({"z": float("nan")}, "z must be a finite number"),
+    ({"original_repeats": 0}, "original_repeats must be an integer >= 1"),
+])
+def test_bad_rules_are_clear_errors(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        NoiseRule(**kwargs)
+
+
+# ------------------------------------------------------- binding and evaluating
+def test_a_relative_noisy_limit_is_resolved_from_the_median_of_many_repeats() -> None:
+    model = nn.Linear(4, 2)
+    # one wild first measurement (a cold start) must not move the limit
+    values = [50.0] + [10.0 + 0.1 * i for i in range(20)]
+    b = Budget(custom={"timed": (Sequence_(values), "50%", {"noisy": True, "unit": "ms"})})
+    bound = b.bind(model, rule=NoiseRule(original_repeats=21))
+    assert bound.original["timed"] == pytest.approx(float(np.median(values)))
+    assert bound.limits["timed"] == pytest.approx(0.5 * float(np.median(values)))
+    spread = bound.original_spread["timed"]
+    assert spread.n == 21 and spread.high == 50.0
+    stored = json.loads(json.dumps(bound.to_dict()))
+    again = BoundBudget.from_dict(b, stored)  # nothing measured: the sequence is not read
+    assert again.limits == bound.limits and again.original_spread == bound.original_spread
+    assert again.rule == bound.rule
+
+
+def test_custom_cost_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="unknown option"):
+        Budget(custom={"x": (count_params, 3.0, {"noisey": True})})
+    with pytest.raises(ValueError, match="options must be a mapping"):
+        Budget(custom={"x": (count_params, 3.0, True)})
+    b = Budget(custom={"x": (count_params, 3.0, {"noisy": True, "unit": "mJ"})})
+    (c,) = b
+    assert c.cost.noisy and c.cost.unit == "mJ"
+
+
+def test_evaluate_reports_the_spread_and_fails_a_median_inside_a_noisy_limit() -> None:
+    model = nn.Linear(4, 2)
+    # original: 10 measured 3 times; candidate: 9.0, 9.9, 9.5 (median 9.5 < limit 10)
+    cost = Sequence_([10.0, 10.0, 10.0, 9.0, 9.9, 9.5])
+    b = Budget(custom={"timed": (cost, 10.0, {"noisy": True})})
+    bound = b.bind(model, rule=NoiseRule(repeats=3, original_repeats=3, margin=0.03))
+    ev = bound.evaluate(model)["timed"]
+    assert ev["value"] == pytest.approx(9.5)
+    assert ev["ok"] is False  # the upper bound (9.9 at least) * 1.03 > 10
+    noise = ev["noise"]
+    assert noise["measured"]["n"] == 3 and noise["measured"]["high"] == pytest.approx(9.9)
+    assert noise["margin"] == 0.03 and noise["accept_at"] == pytest.approx(10 / 1.03)
+    assert noise["original"]["n"] == 3
+
+
+# ------------------------------------------------------------------------- tape
+def test_tape_replays_in_order_and_stops_at_the_first_disagreement(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    tape = MeasurementTape()
+    tape.record("a", {"t": 1.0})
+    tape.attach(path)
+    tape.record("b", {"t": 2.0})
+    tape.record("c", {"t": 3.0})
+    with open(path, "a") as f:
+        f.write('{"fp": "d", "val')  # a torn last line
+    again = MeasurementTape.load(path)
+    assert len(again.replay) == 3 and path.read_text().count("\n") == 3
+    assert again.take("a") == {"t": 1.0}
+    assert again.take("x") is None and again.diverged
+    assert again.take("b") is None  # replay is over for good once the run went elsewhere
+    assert MeasurementTape.load(tmp_path / "absent.jsonl").replay == []
+
+
+def test_fingerprint_tells_prunings_apart() -> None:
+    a = nn.Linear(4, 3)
+    b = copy.deepcopy(a)
+    assert fingerprint(a) == fingerprint(b)
+    with_zero = copy.deepcopy(a)
+    with_zero.weight.data[0, 0] = 0.0
+    assert fingerprint(with_zero) != fingerprint(a)
+    assert fingerprint(nn.Linear(4, 2)) != fingerprint(a)
+
+
+# ------------------------------------------------------------------- end to end
+@pytest.fixture
+def jitter() -> Iterator[Jitter]:
+    """``jitter_params``: a registered noisy, relative cost (removed afterwards)."""
+    fn = Jitter(amp=0.02)
+    costs.register_cost("jitter_params", fn, relative=True, noisy=True, unit="p",
+                        overwrite=True)
+    try:
+        yield fn
+    finally:
+        costs._COSTS.pop("jitter_params", None)
+
+
+def test_prune_accepts_a_noisy_cost_only_with_its_margin_and_reports_it(
+    trained_digits_cnn: nn.Module, digits: data.Splits, jitter: Jitter
+) -> None:
+    rule = NoiseRule(repeats=4, margin=0.05, original_repeats=9)
+    res = api.prune(copy.deepcopy(trained_digits_cnn), digits, "jitter_params<=0.5",
+                    method="uniform", progress=False, noise=rule)
+    c = res.costs["jitter_params"]
+    assert c["ok"] is True
+    noise = c["noise"]
+    assert noise["measured"]["n"] == 4 and noise["original"]["n"] == 9
+    # accepted on the bound with the margin, not on one lucky measurement
+    assert noise["measured"]["bound"] * 1.05 <= c["limit"]
+    assert res.bound is not None and res.bound.rule == rule
+    # the plain parameter count sits well inside: the margin made the model smaller
+    params = count_params(res.model) / count_params(trained_digits_cnn)
+    assert params <= 0.5 / 1.05
+
+
+def test_a_noisy_budget_that_no_margin_can_meet_is_a_clear_error(
+    trained_digits_cnn: nn.Module, digits: data.Splits
+) -> None:
+    """Every single measurement of a pruned model passes (9.0 or 9.9 against 10), so the
+    search finds candidates, but no pruning keeps a 3% margin over repeats: the run
+    stops with one line naming the median, the bound and the limit."""
+    full = count_params(trained_digits_cnn)
+    flip = [0]
+
+    def swinging(model: nn.Module) -> float:
+        if count_params(model) == full:
+            return 20.0
+        flip[0] += 1
+        return 9.0 if flip[0] % 2 else 9.9
+
+    b = Budget(custom={"swing": (swinging, 10.0, {"noisy": True})})
+    with pytest.raises(costs.BudgetInfeasibleError,
+                       match=r"3% margin.*swing median 9[.0-9]*, upper bound .*limit 10\)"):
+        api.prune(copy.deepcopy(trained_digits_cnn), digits, b, method="uniform",
+                  progress=False)
+
+
+class Interrupt(Exception):
+    """Stands for a kill in the middle of a run."""
+
+
+def test_resume_replays_noisy_measurements(
+    trained_digits_cnn: nn.Module, digits: data.Splits, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``amc`` run (its action wall measures the noisy cost at every step) killed in
+    the middle and resumed takes the same decisions as a run never interrupted.
+
+    The noisy cost draws its noise from one seeded stream, call after call. A resumed
+    run that replays the measurements it made before the kill draws the next values
+    where the interrupted run stopped, exactly as the uninterrupted run did; one that
+    measured again would draw new values and its action wall would decide otherwise.
+    """
+    ckpt = tmp_path / "model.pt"
+    train.save_checkpoint(ckpt, trained_digits_cnn, {"data": "digits"})
+
+    def run(name: str, fn: Any, resume: bool = False) -> Any:
+        monkeypatch.setitem(costs._COSTS, "jitter_params", costs.Cost(
+            "jitter_params", fn, relative=True, noisy=True, unit="p"))
+        cfg = pipeline.RunConfig(checkpoint=str(ckpt), data="digits",
+                                 budget="jitter_params<=0.4", method="amc", episodes=8,
+                                 out=str(tmp_path / name), quiet=True, onnx=False,
+                                 plots=False)
+        return pipeline.run_prune(cfg, resume=resume)
+
+    ref_fn = Jitter(amp=0.02, seed=5)
+    ref = run("ref", ref_fn)
+    ref_log = read_log(tmp_path / "ref" / "log.jsonl").candidates
+    assert (tmp_path / "ref" / "measurements.jsonl").read_text().count("\n") > 8
+
+    class Killed(Jitter):
+        """The same stream, killed (before drawing) at call ``at``."""
+
+        def __init__(self, at: int):
+            super().__init__(amp=0.02, seed=5)
+            self.at = at
+
+        def __call__(self, model: nn.Module) -> float:
+            if self.calls + 1 == self.at:
+                self.at = -1
+                raise Interrupt("killed")
+            return super().__call__(model)
+
+    killed = Killed(at=ref_fn.calls // 2)
+    with pytest.raises(ValueError, match="killed"):
+        run("run", killed)
+    before = read_log(tmp_path / "run" / "log.jsonl").candidates
+    assert 0 < len(before) < len(ref_log), "not killed in the middle of the search"
+    res = run("run", killed, resume=True)
+    log = read_log(tmp_path / "run" / "log.jsonl").candidates
+    assert [c.policy for c in log] == [c.policy for c in ref_log]
+    assert res.costs["jitter_params"] == ref.costs["jitter_params"]
+    assert killed.calls == ref_fn.calls  # what was measured before the kill was replayed
+
+
+def test_fresh_process_checks_count_the_processes_where_every_limit_held() -> None:
+    """benchmarks.remeasure measures saved models in new processes against the bound
+    limits (never re-resolved): a model inside counts every process, one outside none."""
+    import torch
+    from benchmarks import remeasure
+
+    ex = torch.randn(1, 6)
+    original = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    bound = Budget.parse("params<=0.6").bind(original, ex)
+    small = nn.Sequential(nn.Linear(6, 2), nn.ReLU(), nn.Linear(2, 3))
+    out = remeasure.fresh_checks({"small": small, "original": original}, bound, "channel",
+                                 times=2)
+    assert out["passed"] == {"small": 2, "original": 0}
+    assert out["worst"]["original"]["params"] == pytest.approx(1 / 0.6)
