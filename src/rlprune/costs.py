@@ -1059,7 +1059,8 @@ class BoundBudget:
         if stored.get("budget") != str(budget):
             raise ValueError(f"the stored bound budget is {stored.get('budget')!r}, not "
                              f"{str(budget)!r}")
-        spreads = {str(k): Spread(**v) for k, v in (stored.get("original_spread") or {}).items()}
+        spreads = {str(k): Spread(**{**v, "n": int(v["n"])})
+                   for k, v in (stored.get("original_spread") or {}).items()}
         return cls(budget, stored["original"], example_input,
                    rule=NoiseRule.from_dict(stored.get("noise")), original_spread=spreads)
 
