@@ -278,3 +278,35 @@ def test_fresh_process_checks_count_the_processes_where_every_limit_held() -> No
                                  times=2)
     assert out["passed"] == {"small": 2, "original": 0}
     assert out["worst"]["original"]["params"] == pytest.approx(1 / 0.6)
+
+
+def test_a_final_check_lost_to_noise_keeps_the_search_for_resume(
+    trained_digits_cnn: nn.Module, jitter: Jitter, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose final check keeps failing (a machine too busy to time anything) stops
+    with one line pointing at --resume; the resumed run replays the search from the log
+    and the measurements made during it, and measures the final check afresh."""
+    ckpt = tmp_path / "model.pt"
+    train.save_checkpoint(ckpt, trained_digits_cnn, {"data": "digits"})
+    cfg = pipeline.RunConfig(checkpoint=str(ckpt), data="digits", budget="jitter_params<=0.4",
+                             method="amc", episodes=4, out=str(tmp_path / "run"), quiet=True,
+                             onnx=False, plots=False)
+    real = BoundBudget.evaluate
+
+    def busy(self: BoundBudget, model: nn.Module) -> dict[str, dict[str, Any]]:
+        out = real(self, model)
+        return {n: {**v, "ok": False} if "noise" in v else v for n, v in out.items()}
+
+    monkeypatch.setattr(BoundBudget, "evaluate", busy)
+    with pytest.raises(costs.BudgetInfeasibleError, match="--resume .*run` replays it"):
+        pipeline.run_prune(copy.deepcopy(cfg))
+    log = read_log(tmp_path / "run" / "log.jsonl").candidates
+    assert len(log) >= 4
+    monkeypatch.setattr(BoundBudget, "evaluate", real)
+    calls = jitter.calls
+    res = pipeline.run_prune(copy.deepcopy(cfg), resume=True)
+    assert [c.policy for c in read_log(tmp_path / "run" / "log.jsonl").candidates] == [
+        c.policy for c in log]
+    assert res.costs["jitter_params"]["ok"] is True
+    assert jitter.calls > calls  # the final check measured again, not replayed

@@ -326,6 +326,8 @@ def prune(
         result = searcher.search(env)
     finally:
         evaluator.bound = bound
+    if bound.tape is not None:  # what a resumed run replays of the search ends here
+        bound.tape.mark = len(bound.tape.records)
     searched = result.policy
     if tables or bound.noisy:
         # a noisy cost is accepted on repeated fresh measurements with a margin, not on the

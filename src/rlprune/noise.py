@@ -150,8 +150,9 @@ class MeasurementTape:
     for real from the first disagreement on. ``path`` (optional) is a JSON-lines file
     each record is appended to as it is made; records made before a path is attached
     are written when it is (:meth:`attach`). ``records`` holds every record of the run,
-    ``replay`` the records still to be replayed, ``replayed`` how many were, and
-    ``diverged`` whether replay stopped at a fingerprint that disagreed.
+    ``replay`` the records still to be replayed, ``replayed`` how many were,
+    ``diverged`` whether replay stopped at a fingerprint that disagreed, and ``mark``
+    how many records the search had made when it ended (:meth:`forget_after_mark`).
     """
 
     path: Path | None = None
@@ -159,6 +160,7 @@ class MeasurementTape:
     replay: list[dict[str, Any]] = field(default_factory=list)
     replayed: int = 0
     diverged: bool = False
+    mark: int | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> MeasurementTape:
@@ -209,6 +211,18 @@ class MeasurementTape:
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+
+
+    def forget_after_mark(self) -> None:
+        """Drop the records made after :attr:`mark` (in memory and in the file), so that
+        a resumed run replays the search and measures what came after it afresh: a
+        final check that failed on a burst of timing noise is not replayed."""
+        if self.mark is None:
+            return
+        self.records = self.records[: self.mark]
+        self.replay = []
+        if self.path is not None:
+            _write_lines(self.path, self.records)
 
 
 def _write_lines(path: Path, records: Sequence[Mapping[str, Any]]) -> None:

@@ -451,7 +451,7 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
     (:class:`rlprune.noise.MeasurementTape`).
     """
     from rlprune import api, report
-    from rlprune.costs import Budget
+    from rlprune.costs import Budget, BudgetInfeasibleError
     from rlprune.fileio import atomic_write_json
     from rlprune.history import History
     from rlprune.noise import MeasurementTape
@@ -495,11 +495,21 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
         if bound.tape is not None and tape_path is not None and bound.tape.path is None:
             bound.tape.attach(tape_path)
     recorder = _recorder(log_path, env, run_dir / "tb" if (cfg.tensorboard and run_dir) else None)
-    result = api.prune(model, splits, bound.budget, method=cfg.method,
-                       granularity=cfg.granularity, finetune_epochs=cfg.finetune_epochs,
-                       finetune_lr=cfg.finetune_lr, distill=cfg.distill, episodes=cfg.episodes,
-                       seed=cfg.seed, progress=not cfg.quiet, env=env, callback=recorder,
-                       latency_table=cfg.latency_table)
+    try:
+        result = api.prune(model, splits, bound.budget, method=cfg.method,
+                           granularity=cfg.granularity, finetune_epochs=cfg.finetune_epochs,
+                           finetune_lr=cfg.finetune_lr, distill=cfg.distill,
+                           episodes=cfg.episodes, seed=cfg.seed, progress=not cfg.quiet,
+                           env=env, callback=recorder, latency_table=cfg.latency_table)
+    except BudgetInfeasibleError as e:
+        tape = bound.tape
+        if tape is None or tape.mark is None or run_dir is None:
+            raise
+        # the search is in the log: a resume replays it and measures the rest afresh
+        tape.forget_after_mark()
+        raise BudgetInfeasibleError(f"{e} (the search is kept: `rlprune prune --resume "
+                                    f"{run_dir}` replays it and measures again)",
+                                    e.failures) from e
     if run_dir is not None:
         report.write_run(run_dir, result, data_name=splits.name, command=command,
                          config=dataclasses.asdict(cfg), example_input=ex,
