@@ -527,7 +527,8 @@ def compare_row(result: RunResult) -> dict[str, Any]:
     acc = result.accuracy
     return {
         "method": result.method,
-        "costs": {n: {k: c.get(k) for k in ("pruned", "ratio", "limit", "ok", "reported_only")
+        "costs": {n: {k: c.get(k) for k in ("pruned", "ratio", "limit", "ok", "reported_only",
+                                            "noise")
                       if k in c} for n, c in result.costs.items()},
         "reward_acc_before_ft": acc.get("reward_pruned_before_finetune", math.nan),
         "test_acc_before_ft": acc.get("pruned_before_finetune", math.nan),
