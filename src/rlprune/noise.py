@@ -214,7 +214,7 @@ class MeasurementTape:
 
 
     def forget_after_mark(self) -> None:
-        """Drop the records made after :attr:`mark` (in memory and in the file), so that
+        """Drop the records made after ``mark`` (in memory and in the file), so that
         a resumed run replays the search and measures what came after it afresh: a
         final check that failed on a burst of timing noise is not replayed."""
         if self.mark is None:
