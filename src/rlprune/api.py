@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from rlprune.env import PruningEnv
 from rlprune.history import History
 from rlprune.noise import NoiseRule
 from rlprune.space import DEFAULT_IMPORTANCE, PruningSpace
+from rlprune.workers import make_workers
 
 __all__ = ["PruneResult", "prune", "compare", "load", "make_env", "budget_for", "check_inputs"]
 
@@ -171,6 +173,20 @@ def budget_for(budget: Budget | str, granularity: str) -> Budget:
                    else c for c in b])
 
 
+def _check_parallel(workers: int, parallel: int | None, ray: str | None,
+                    threads: int | None) -> None:
+    """One clear error for bad parallel-search options (before anything runs)."""
+    if not isinstance(workers, int) or workers < (0 if ray else 1):
+        raise ValueError(f"workers must be an integer >= 1 (>= 0 with ray: 0 takes the "
+                         f"cluster's GPUs or CPUs), got {workers!r}")
+    if parallel is not None and (not isinstance(parallel, int) or parallel < 1):
+        raise ValueError(f"parallel must be an integer >= 1, got {parallel!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    if ray is not None and not str(ray).strip():
+        raise ValueError("ray must be 'auto', 'local' or a cluster address, got ''")
+
+
 def make_env(
     model: nn.Module,
     splits: Splits,
@@ -224,6 +240,10 @@ def prune(
     bound: BoundBudget | None = None,
     latency_table: bool | Mapping[str, table_mod.LatencyTable] = False,
     noise: NoiseRule | None = None,
+    workers: int = 1,
+    parallel: int | None = None,
+    ray: str | None = None,
+    threads: int | None = None,
 ) -> PruneResult:
     """Prune ``model`` to fit ``budget`` with ``method``; returns a :class:`PruneResult`.
 
@@ -271,8 +291,18 @@ def prune(
     final check; ``costs[name]["noise"]`` reports the measured spread, the bound, the
     margin and the limit. A returned model that fails the final check is settled again
     with a larger margin rather than lost.
+
+    Parallel search (:mod:`rlprune.workers`): ``workers=N`` scores candidates in ``N``
+    local worker processes with ``threads`` torch threads each (default: the cores
+    shared out); ``ray`` (``"auto"``, ``"local"`` or a cluster address) scores them on
+    Ray actors instead (``workers`` then counts actors; ``0``: one per GPU of the
+    cluster, else per CPU). ``parallel`` is how many candidates a method proposes
+    together (default: the number of workers): a seed and ``parallel`` fix the answer,
+    whatever runs it. Methods whose every candidate depends on the last one's score
+    (``amc``, ``purl``) and the one-shot baselines score in this process.
     """
     _check_model(model)
+    _check_parallel(workers, parallel, ray, threads)
     if granularity not in ("channel", "weight"):
         raise ValueError(f"granularity must be 'channel' or 'weight', got {granularity!r}")
     if finetune_epochs < 0:
@@ -322,10 +352,26 @@ def prune(
             progress=progress)
     searcher = get_method(method, episodes=episodes, seed=seed, progress=progress,
                           callback=callback, refine=refine, **(method_kwargs or {}))
+    pool = None
+    if type(searcher).batches and (workers > 1 or ray):
+        pool = make_workers(evaluator.for_workers(), workers, ray, threads)
+    elif workers > 1 or ray:
+        warnings.warn(f"{method} scores its candidates one at a time in this process: "
+                      "workers are used by the methods that batch candidates (cpl, "
+                      "cpl-paper, random)", stacklevel=2)
+    evaluator.workers = pool
+    evaluator.parallel = int(parallel) if parallel is not None else (
+        pool.n if pool is not None else 1)
     try:
         result = searcher.search(env)
     finally:
         evaluator.bound = bound
+        evaluator.workers = None
+        if pool is not None:
+            pool.close()
+    result.extra["parallel"] = {"candidates": evaluator.parallel,
+                                **(pool.describe() if pool is not None
+                                   else {"kind": "in-process", "workers": 1})}
     if bound.tape is not None:  # what a resumed run replays of the search ends here
         bound.tape.mark = len(bound.tape.records)
     searched = result.policy
@@ -457,6 +503,10 @@ def compare(
     on_result: Any = None,
     latency_table: bool = False,
     noise: NoiseRule | None = None,
+    workers: int = 1,
+    parallel: int | None = None,
+    ray: str | None = None,
+    threads: int | None = None,
 ) -> list[PruneResult]:
     """Run several methods on the same model, data split, budget and fine-tune schedule.
 
@@ -469,8 +519,10 @@ def compare(
     ``seed``, ``progress``, ``finetune_epochs``, ``finetune_lr``, ``env_kwargs`` and
     ``latency_table`` and ``noise`` mean what they mean to :func:`prune` (the tables are
     built once and shared by every method); ``methods`` are method ids and ``method_kwargs`` maps a
-    method id to its options.
+    method id to its options. ``workers``, ``parallel``, ``ray`` and ``threads`` run
+    each method's search as :func:`prune` does (one pool per method).
     """
+    _check_parallel(workers, parallel, ray, threads)
     check_methods(methods)
     splits = as_splits(data, seed=seed)
     check_inputs(model, splits, example_input)
@@ -490,7 +542,10 @@ def compare(
                     episodes=episodes if method_class(m).searching else None,
                     importance=importance, seed=seed, progress=progress,
                     env_kwargs=env_kwargs, method_kwargs=(method_kwargs or {}).get(m),
-                    space=space, bound=bound, latency_table=tables or False)
+                    space=space, bound=bound, latency_table=tables or False,
+                    workers=workers if method_class(m).batches else 1,
+                    parallel=parallel, ray=ray if method_class(m).batches else None,
+                    threads=threads)
         results.append(res)
         if on_result is not None:
             on_result(res)

@@ -40,7 +40,7 @@ from torch import nn
 from rlprune.costs import BoundBudget, Budget
 from rlprune.data import Splits
 from rlprune.evaluate import EvalOptions, Evaluator
-from rlprune.history import Candidate, History
+from rlprune.history import Candidate, History, policy_key
 from rlprune.rewards import RewardFn
 from rlprune.space import DEFAULT_IMPORTANCE, PruningSpace
 
@@ -164,6 +164,8 @@ class PruningEnv(gym.Env):
         self.episode = 0
         self._t = 0
         self._policy = np.zeros(self.T, dtype=np.float64)
+        # repairs worked out by prefetch() for the episodes of its batch
+        self._repairs: dict[tuple[float, ...], tuple[np.ndarray, np.ndarray | None]] = {}
 
     # --------------------------------------------------------- evaluator views
     @property
@@ -249,7 +251,7 @@ class PruningEnv(gym.Env):
         if self._t >= self.T:
             raise RuntimeError("step() called after the episode ended; call reset()")
         t = self._t
-        self._policy[t] = min(self.action_to_ratio(action), self.max_ratios[t])
+        self._policy[t] = self.step_ratio(action)
         self._t += 1
         terminal = self._t == self.T
         info: dict[str, Any] = {"cost": np.zeros(self.num_constraints, dtype=np.float64)}
@@ -272,20 +274,72 @@ class PruningEnv(gym.Env):
         obs = self._obs()
         return obs, float(reward), terminal, False, info
 
+    def _repaired(self, policy: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The policy an episode that chose ``policy`` scores under ``repair``, and the
+        chosen policy's own cost ratios (``None`` when no repair applies)."""
+        memo = self._repairs.get(policy_key(policy))
+        if memo is not None:
+            return memo
+        ev = self.evaluator
+        if self.repair == "none" or ev.bound.noisy:
+            return policy, None
+        raw = ev.cost_ratios(policy)
+        fixed = policy
+        if self.repair == "boundary":
+            fixed = ev.to_boundary(policy)
+        elif np.any(raw > 1.0):
+            fixed = ev.project(policy)
+        return np.asarray(fixed, dtype=np.float64), raw
+
     def _evaluate_episode(self) -> tuple[Candidate, np.ndarray, bool]:
         """The episode's candidate, the cost ratios the agent sees, whether projected."""
         ev = self.evaluator
-        if self.repair != "none" and not ev.bound.noisy:
-            raw = ev.cost_ratios(self._policy)
-            fixed = self._policy
-            if self.repair == "boundary":
-                fixed = ev.to_boundary(self._policy)
-            elif np.any(raw > 1.0):
-                fixed = ev.project(self._policy)
-            if not np.allclose(fixed, self._policy):
-                return ev.evaluate(fixed, episode=self.episode), raw, True
+        fixed, raw = self._repaired(self._policy)
+        if raw is not None and not np.allclose(fixed, self._policy):
+            return ev.evaluate(fixed, episode=self.episode), raw, True
         cand = ev.evaluate(self._policy, episode=self.episode)
         return cand, np.asarray(cand.cost_ratios, dtype=np.float64), False
+
+    def observe(self, ratios: Sequence[float] | np.ndarray) -> np.ndarray:
+        """The observation an episode sees after choosing ``ratios`` for its first
+        ``len(ratios)`` entries (as returned ratios, capped), evaluating nothing; the
+        env's current episode is left as it was. Lets a method plan episodes ahead."""
+        r = np.asarray(ratios, dtype=np.float64).reshape(-1)
+        if len(r) >= self.T:
+            raise ValueError(f"observe() takes at most {self.T - 1} ratios, got {len(r)}")
+        saved = self._t, self._policy
+        try:
+            self._t = len(r)
+            self._policy = np.zeros(self.T, dtype=np.float64)
+            self._policy[:len(r)] = np.minimum(r, self.max_ratios[:len(r)])
+            return self._obs()
+        finally:
+            self._t, self._policy = saved
+
+    def step_ratio(self, action: Any, t: int | None = None) -> float:
+        """The ratio :meth:`step` records for ``action`` at entry ``t`` (default: the
+        current one): the action's ratio, capped at the entry's maximum."""
+        return min(self.action_to_ratio(action),
+                   float(self.max_ratios[self._t if t is None else t]))
+
+    def prefetch(self, policies: Sequence[Sequence[float] | np.ndarray]) -> None:
+        """Score together the candidates of the next ``len(policies)`` episodes.
+
+        ``policies`` are the ratios those episodes will choose, in order (as
+        :meth:`step` records them). Each one's repair is worked out now and kept for its
+        terminal step, and the candidates they will score go to
+        :meth:`Evaluator.prefetch <rlprune.evaluate.Evaluator.prefetch>` as one batch
+        (on the evaluator's workers, if any). Stepping through the episodes afterwards
+        records them as if scored one by one.
+        """
+        self._repairs = {}
+        scored = []
+        for p in policies:
+            pol = np.minimum(np.asarray(p, dtype=np.float64).reshape(-1), self.max_ratios)
+            fixed, raw = self._repaired(pol)
+            self._repairs[policy_key(pol)] = (fixed, raw)
+            scored.append(fixed)
+        self.evaluator.prefetch(scored, [self.episode + i for i in range(len(scored))])
 
     def observations(self, policy: Sequence[float] | np.ndarray) -> np.ndarray:
         """The ``T`` observations an episode that chooses ``policy`` sees (nothing is

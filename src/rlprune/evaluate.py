@@ -20,7 +20,12 @@ appended to the :class:`~rlprune.history.History`.
 The evaluator is built from plain data (the model, its space, a
 :class:`~rlprune.costs.BoundBudget` whose limits are already absolute, the data
 splits, :class:`EvalOptions` and a registered reward scheme), so it pickles and can
-score candidates in another process or on another machine.
+score candidates in another process or on another machine. :meth:`Evaluator.prefetch`
+scores a batch of policies a method knows it will ask for (on ``Evaluator.workers``,
+a :class:`~rlprune.workers.Workers` pool, when one is set); the method then asks for
+them one by one with :meth:`Evaluator.evaluate` as always, and they are recorded in
+that order. Every candidate of a batch races against the best candidate known before
+the batch, so the answers do not depend on which worker finished first.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from rlprune.rewards import DENSE_SCHEMES, RewardContext, RewardFn, get_reward
 from rlprune.space import PruningSpace
 from rlprune.train import evaluate as top1
 from rlprune.train import finetune_steps, recalibrate_bn
+from rlprune.workers import Workers
 
 __all__ = ["EvalOptions", "Evaluator"]
 
@@ -173,6 +179,14 @@ class Evaluator:
         #: What the evaluations spent: models built, reward-split samples scored
         #: (forward passes of one sample) and BN re-estimation samples.
         self.spent = {"built": 0, "reward_samples": 0, "bn_samples": 0}
+        #: Where :meth:`prefetch` scores a batch (``None``: in this process).
+        self.workers: Workers | None = None
+        #: How many candidates a method proposes together (one :meth:`prefetch` batch).
+        #: It is part of the search's definition (a batch races against the best
+        #: candidate known before it), so a seed and ``parallel`` fix the answers
+        #: whatever ``workers`` runs them.
+        self.parallel = 1
+        self._prefetched: dict[tuple[float, ...], Candidate] = {}
 
     # ------------------------------------------------------------ budget facts
     @property
@@ -370,12 +384,75 @@ class Evaluator:
                              cost_ratios=list(prev.cost_ratios), feasible=prev.feasible,
                              time=now, extra={**prev.extra, **tags, "cached": True})
             return self.history.add(cand)
-        beat = self.history.best if self.options.race_z is not None else None
-        cand = self.score(pol, episode, beat=beat)
+        found: Candidate | None = self._prefetched.pop(key, None)
+        if found is not None:
+            cand = found
+        else:
+            beat = self.history.best if self.options.race_z is not None else None
+            cand = self.score(pol, episode, beat=beat)
+        cand.episode = episode
         cand.index = len(self.history)
         cand.time = time.perf_counter() - self._start
         cand.extra = {**tags, **cand.extra}
         return self.history.add(cand)
+
+    def prefetch(self, policies: Sequence[Sequence[float] | np.ndarray],
+                 episodes: Sequence[int] | None = None) -> int:
+        """Score ``policies`` together (on ``workers`` if set) for :meth:`evaluate` to record.
+
+        A method calls this with the policies it is about to evaluate, then
+        :meth:`evaluate` on each in its order, which records the candidate scored here
+        instead of scoring it again. Policies the history already holds, that a resumed
+        run will replay, or that repeat one earlier in the batch are not scored (they
+        are cache hits or replays of :meth:`evaluate`). Every policy of the batch races
+        against the best candidate known now (``options.race_z``). ``episodes`` are
+        recorded on the candidates (default 0). Returns how many policies were scored.
+        """
+        eps = list(episodes) if episodes is not None else [0] * len(policies)
+        replay = dict(self._replay)
+        beat = self.history.best if self.options.race_z is not None else None
+        jobs: list[tuple[np.ndarray, int, Candidate | None]] = []
+        keys: list[tuple[float, ...]] = []
+        for policy, ep in zip(policies, eps):
+            pol = self._clip(policy)
+            key = policy_key(pol)
+            if replay.get(key, 0) > 0:
+                replay[key] -= 1
+                continue
+            if key in self._prefetched or key in keys or self.history.lookup(pol) is not None:
+                continue
+            jobs.append((pol, int(ep), beat))
+            keys.append(key)
+        if self.workers is not None and jobs:
+            answers = self.workers.map(jobs)
+            for key, (cand, spent) in zip(keys, answers):
+                for k, v in spent.items():
+                    self.spent[k] = self.spent.get(k, 0) + v
+                self._prefetched[key] = cand
+        else:
+            for key, (pol, ep, bt) in zip(keys, jobs):
+                self._prefetched[key] = self.score(pol, ep, beat=bt)
+        return len(jobs)
+
+    def score_job(self, job: tuple[np.ndarray, int, Candidate | None]
+                  ) -> tuple[Candidate, dict[str, int]]:
+        """A worker's answer to ``(policy, episode, beat)``: :meth:`score`'s candidate
+        and what scoring it spent (the ``spent`` counters' increase)."""
+        policy, episode, beat = job
+        before = dict(self.spent)
+        cand = self.score(policy, episode, beat=beat)
+        return cand, {k: v - before.get(k, 0) for k, v in self.spent.items()}
+
+    def for_workers(self) -> Evaluator:
+        """A copy to send to workers: the same model, space, budget, data and options,
+        with an empty history (ranked the same way) and no pool, cache or replay."""
+        clone = copy.copy(self)
+        clone.history = History(rank=self.history.rank)
+        clone.workers = None
+        clone._replay = {}
+        clone._prefetched = {}
+        clone.spent = {k: 0 for k in self.spent}
+        return clone
 
     def enable_replay(self) -> None:
         """Treat the candidates already in ``history`` as a replay log (resuming a run).
@@ -434,4 +511,5 @@ class Evaluator:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_start"] = 0.0  # a perf_counter reading means nothing in another process
+        state["workers"] = None  # a pool belongs to the process that started it
         return state

@@ -160,6 +160,11 @@ class Searcher(ABC):
     default_episodes: ClassVar[int] = 100
     #: Whether the method's effort is a number of candidate evaluations (a search).
     searching: ClassVar[bool] = True
+    #: Whether the method proposes candidates in batches (``Evaluator.parallel`` at a
+    #: time, scored together on the evaluator's workers). ``amc`` and ``purl`` do not:
+    #: their learners update after every episode, so each candidate depends on the score
+    #: of the one before (docs/METHODS.md, "Parallel search").
+    batches: ClassVar[bool] = False
 
     def __init__(self, episodes: int | None = None, seed: int = 0, progress: bool = True,
                  callback: Callback | EpisodeFn | Sequence[Callback | EpisodeFn] | None = None,

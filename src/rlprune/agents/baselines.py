@@ -3,7 +3,7 @@
 * ``uniform``: one prune ratio for every layer, found by bisection so that the
   tightest constraint is just met.
 * ``random``: ``episodes`` random policies, each projected onto the budget, scored
-  on the reward split; the best one wins.
+  on the reward split (``Evaluator.parallel`` at a time); the best one wins.
 * ``global``: one importance ranking across all layers (global magnitude for
   weights; layer-normalised channel importance for channels, as Torch-Pruning's
   global pruning does), with the global threshold found by bisection so that the
@@ -77,15 +77,23 @@ class RandomSearch(Searcher):
     """
 
     default_episodes = 50
+    batches = True
 
     def _run(self, env: PruningEnv) -> None:
         ev = env.evaluator
         rng = np.random.default_rng(self.seed)
-        for ep in range(self.episodes):
-            g = rng.uniform(0.0, 1.0)
-            raw = np.clip(rng.uniform(0.0, 2 * g, size=env.T), 0.0, 1.0) * env.max_ratios
-            cand = ev.evaluate(ev.project(raw), episode=ep)
-            self._episode_end(env, cand.reward)
+        batch = max(1, ev.parallel)
+        for start in range(0, self.episodes, batch):
+            policies = []
+            for _ in range(min(batch, self.episodes - start)):
+                g = rng.uniform(0.0, 1.0)
+                raw = np.clip(rng.uniform(0.0, 2 * g, size=env.T), 0.0, 1.0) * env.max_ratios
+                policies.append(ev.project(raw))
+            if len(policies) > 1 or ev.workers is not None:  # scored together
+                ev.prefetch(policies, list(range(start, start + len(policies))))
+            for ep, policy in enumerate(policies, start):
+                cand = ev.evaluate(policy, episode=ep)
+                self._episode_end(env, cand.reward)
 
 
 def lamp_scores(scores: np.ndarray) -> np.ndarray:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -402,6 +403,7 @@ class CPL(Searcher):
 
     default_episodes = 300
     env_options = {"repair": "boundary"}
+    batches = True
 
     def __init__(self, episodes: int | None = None, seed: int = 0, progress: bool = True,
                  callback: Any = None, refine: bool = False, config: CPLConfig | None = None,
@@ -468,7 +470,12 @@ class CPL(Searcher):
 
         history = env.evaluator.history
         best = None
-        for name, policy in heuristic_policies(env).items():
+        heuristics = heuristic_policies(env)
+        ev = env.evaluator
+        if ev.parallel > 1 or ev.workers is not None:  # scored together, recorded in order
+            ev.prefetch(list(heuristics.values()),
+                        [self.episode + i for i in range(len(heuristics))])
+        for name, policy in heuristics.items():
             history.tags["warm_start"] = name
             cand = env.evaluator.evaluate(policy, episode=self.episode)
             del history.tags["warm_start"]
@@ -503,20 +510,22 @@ class CPL(Searcher):
     ) -> tuple[dict[str, Any], np.ndarray]:
         """Run ``n_eps`` whole episodes; return the batch with GAE advantages."""
         assert self.policy is not None and self.critics is not None
-        low = np.asarray(self.dims["action_low"], dtype=np.float64)
-        high = np.asarray(self.dims["action_high"], dtype=np.float64)
         m = len(self.limits)
         obs_l, u_l, rew_l, cost_l, done_l, ep_costs = [], [], [], [], [], []
         ep_reward, ep_cost = 0.0, np.zeros(m)
         done_eps = 0
+        ev: Any = getattr(env, "evaluator", None)
+        per_plan = int(getattr(ev, "parallel", 1))
+        plan = hasattr(env, "prefetch") and (per_plan > 1 or getattr(ev, "workers", None))
+        planned: deque[tuple[np.ndarray, np.ndarray]] = deque()
         while done_eps < n_eps:
             obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(-1))
-            with torch.no_grad(), one_thread():
-                dist = self.policy(obs_t)
-                # sample u unbounded; the env gets the tanh-squashed, rescaled action
-                u = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.torch_gen)
-            u_np = u.numpy().astype(np.float64)
-            action = low + (np.tanh(u_np) + 1.0) * 0.5 * (high - low)
+            if plan and not planned:  # the next episodes' candidates, scored as one batch
+                planned = self._plan(env, min(per_plan, n_eps - done_eps))
+            if planned:
+                u_np, action = planned.popleft()
+            else:
+                u_np, action = self._sample(obs_t)
             next_obs, reward, terminated, truncated, info = env.step(action.astype(np.float32))
             cost = np.asarray(info.get("cost", np.zeros(m)), dtype=np.float64).reshape(m)
             done = bool(terminated or truncated)
@@ -565,6 +574,39 @@ class CPL(Searcher):
             "episode_costs": np.stack(ep_costs),
         }
         return batch, obs
+
+    def _sample(self, obs_t: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """One draw of the policy at ``obs_t``: the unbounded ``u`` and the env action."""
+        assert self.policy is not None
+        low = np.asarray(self.dims["action_low"], dtype=np.float64)
+        high = np.asarray(self.dims["action_high"], dtype=np.float64)
+        with torch.no_grad(), one_thread():
+            dist = self.policy(obs_t)
+            # sample u unbounded; the env gets the tanh-squashed, rescaled action
+            u = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.torch_gen)
+        u_np = u.numpy().astype(np.float64)
+        return u_np, low + (np.tanh(u_np) + 1.0) * 0.5 * (high - low)
+
+    def _plan(self, env: PruningEnv, n_eps: int) -> deque[tuple[np.ndarray, np.ndarray]]:
+        """Draw the actions of the next ``n_eps`` episodes and have their candidates
+        scored together (:meth:`PruningEnv.prefetch`).
+
+        Within a rollout the policy is fixed and an observation depends only on the
+        ratios chosen before it, never on a score, so the episodes can be drawn before
+        any is scored: the draws are the ones stepping would make, in the same order.
+        """
+        steps: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        policies = []
+        for _ in range(n_eps):
+            ratios: list[float] = []
+            for t in range(env.T):
+                obs_t = torch.as_tensor(env.observe(ratios).reshape(-1))
+                u_np, action = self._sample(obs_t)
+                steps.append((u_np, action))
+                ratios.append(env.step_ratio(action.astype(np.float32), t))
+            policies.append(ratios)
+        env.prefetch(policies)
+        return steps
 
     def _ppo_update(self, batch: dict[str, Any]) -> dict[str, float]:
         """Clipped PPO epochs over shuffled minibatches; early stop on the KL target."""

@@ -1,0 +1,311 @@
+"""Where candidates are scored: in this process, in local worker processes, or on Ray.
+
+A search's candidate evaluations are independent of each other: each builds a pruned
+copy, re-estimates its BatchNorm statistics, scores the reward split and measures the
+costs. A :class:`Workers` pool runs a batch of them at once and hands the answers back
+**in the order they were asked**, whichever worker finished first, so a search's result
+depends on its seed and on how many candidates it proposes together
+(``Evaluator.parallel``), never on the pool.
+
+* :class:`LocalWorkers` (``workers=N``): ``N`` processes on this machine, started once
+  per search (``spawn``, as CUDA and OpenMP need), each holding one copy of the scorer
+  and running ``threads`` torch threads. The scorer is sent through
+  ``torch.multiprocessing``, so its tensors (the model, the data splits) are moved to
+  shared memory once and mapped by every worker instead of being copied ``N`` times.
+* :class:`RayWorkers` (``ray="auto"``, ``"local"`` or an address): the same work as
+  Ray actors on a cluster, one GPU share each where the cluster has GPUs. Ray is an
+  optional extra (``pip install rlprune[ray]``).
+
+Faults: a local worker that dies mid-evaluation (killed, out of memory) breaks the
+process pool; the pool is started again and the candidates that had no answer are
+scored again, up to ``retries`` times. On Ray, a dead actor is restarted by Ray and
+its task retried there (``max_restarts``/``max_task_retries``). Either way the batch
+completes with exactly one answer per candidate, in order.
+
+A scorer is any picklable object with a ``score_job(job)`` method (the
+:class:`~rlprune.evaluate.Evaluator` prepares one with ``for_workers()``); this module
+knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol
+
+import torch
+
+__all__ = ["Workers", "LocalWorkers", "RayWorkers", "Scorer", "WorkerError",
+           "make_workers", "ray_available"]
+
+
+class Scorer(Protocol):
+    """What a pool runs: ``score_job(job)`` answers one job (any picklable values)."""
+
+    def score_job(self, job: Any) -> Any:
+        """The answer to ``job``."""
+
+
+class WorkerError(RuntimeError):
+    """Workers could not finish a batch (they kept dying, or could not start)."""
+
+
+class Workers:
+    """A pool that answers a batch of jobs in order (base class; see the module docs).
+
+    ``n`` is the number of workers. :meth:`map` answers ``jobs`` in their order;
+    :meth:`close` stops the workers (a pool is also a context manager).
+    """
+
+    n: int = 1
+    kind: str = "local"
+
+    def map(self, jobs: Sequence[Any]) -> list[Any]:  # pragma: no cover - abstract
+        """The answers to ``jobs``, in order."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the workers."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the pool is, for the run's report: kind, workers, threads."""
+        return {"kind": self.kind, "workers": self.n}
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def default_threads(n: int) -> int:
+    """Torch threads per worker when none are given: this machine's cores shared out."""
+    return max(1, (os.cpu_count() or 1) // max(n, 1))
+
+
+# ---------------------------------------------------------------- local processes
+_SCORER: Any = None  # the scorer of this worker process (set by _init)
+
+
+def _init(scorer: Any, threads: int) -> None:
+    global _SCORER
+    torch.set_num_threads(threads)
+    _SCORER = scorer
+
+
+def _run(job: Any) -> Any:
+    return _SCORER.score_job(job)
+
+
+def _pid(_: Any) -> int:
+    return os.getpid()
+
+
+class LocalWorkers(Workers):
+    """``n`` worker processes on this machine, each with ``threads`` torch threads.
+
+    ``scorer`` is sent once to every worker (its tensors through shared memory).
+    ``retries`` is how many times a batch may restart the pool after a worker died.
+    """
+
+    kind = "local"
+
+    def __init__(self, scorer: Scorer, n: int, threads: int | None = None,
+                 retries: int = 3):
+        if n < 1:
+            raise ValueError(f"workers must be >= 1, got {n}")
+        try:
+            pickle.dumps(scorer)
+        except Exception as e:  # a lambda cost, an open file, ... : one clear line
+            raise WorkerError(
+                f"the search cannot be sent to worker processes: {e}. Costs and models "
+                "given as lambdas or closures do not pickle; define them at module level, "
+                "or run with workers=1") from None
+        self.n = int(n)
+        self.threads = int(threads) if threads is not None else default_threads(self.n)
+        self.retries = int(retries)
+        self._scorer = scorer
+        self._ctx = torch.multiprocessing.get_context("spawn")
+        self._pool: ProcessPoolExecutor | None = None
+        self.restarts = 0
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.n, mp_context=self._ctx, initializer=_init,
+                                             initargs=(self._scorer, self.threads))
+        return self._pool
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (starting them if need be)."""
+        pool = self._executor()
+        futures = [pool.submit(_pid, i) for i in range(4 * self.n)]
+        return sorted({f.result() for f in futures})
+
+    def map(self, jobs: Sequence[Any]) -> list[Any]:
+        """The answers to ``jobs`` in order; a dead worker's jobs are scored again."""
+        answers: dict[int, Any] = {}
+        todo = list(range(len(jobs)))
+        attempt = 0
+        while todo:
+            pool = self._executor()
+            futures: list[tuple[int, Future[Any]]] = []
+            try:
+                futures = [(i, pool.submit(_run, jobs[i])) for i in todo]
+            except BrokenProcessPool:
+                pass  # a worker died between batches: restart below
+            failed: list[int] = [i for i in todo if i not in dict(futures)]
+            for i, fut in futures:
+                try:
+                    answers[i] = fut.result()
+                except BrokenProcessPool:
+                    failed.append(i)
+            todo = sorted(failed)
+            if todo:
+                attempt += 1
+                self._restart()
+                if attempt > self.retries:
+                    raise WorkerError(
+                        f"worker processes kept dying ({attempt} restarts) while scoring "
+                        f"{len(todo)} candidate(s): out of memory? Run with fewer workers")
+        return [answers[i] for i in range(len(jobs))]
+
+    def _restart(self) -> None:
+        self.restarts += 1
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "workers": self.n, "threads": self.threads,
+                "restarts": self.restarts}
+
+
+# ---------------------------------------------------------------------------- Ray
+def ray_available() -> bool:
+    """Whether Ray is installed (``pip install rlprune[ray]``)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise WorkerError("Ray is not installed: pip install 'rlprune[ray]' (or run with "
+                          "local workers, --workers N)") from None
+    return ray
+
+
+class _Actor:
+    """One Ray actor: a scorer unpickled once, its torch threads set."""
+
+    def __init__(self, blob: bytes, threads: int):
+        torch.set_num_threads(threads)
+        self.scorer = pickle.loads(blob)
+
+    def score_job(self, job: Any) -> Any:
+        return self.scorer.score_job(job)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayWorkers(Workers):
+    """``n`` Ray actors on the cluster at ``address`` (see the module docstring).
+
+    ``address``: ``"auto"`` joins the cluster this machine belongs to (``ray start``),
+    ``"local"`` starts a Ray instance in this process, anything else is a cluster
+    address (``host:port`` or ``ray://host:port``). ``n`` defaults to the cluster's GPUs
+    if it has any, else its CPUs; each actor asks for ``threads`` CPUs and, on a cluster
+    with GPUs, an equal share of them. ``retries`` is Ray's ``max_task_retries``.
+    """
+
+    kind = "ray"
+
+    def __init__(self, scorer: Scorer, address: str = "auto", n: int | None = None,
+                 threads: int = 1, retries: int = 3):
+        ray = _ray()
+        self._ray = ray
+        self._own = False
+        if not ray.is_initialized():
+            try:
+                if address == "local":
+                    ray.init(include_dashboard=False, configure_logging=False,
+                             log_to_driver=False)
+                    self._own = True
+                else:
+                    ray.init(address=address, configure_logging=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise WorkerError(f"cannot join the Ray cluster at {address!r}: {first}. Start "
+                                  "one with `ray start --head`, or use --ray local") from None
+        res = ray.cluster_resources()
+        gpus = float(res.get("GPU", 0.0))
+        cpus = float(res.get("CPU", 1.0))
+        if n is None:
+            n = int(gpus) if gpus >= 1 else max(1, int(cpus // max(threads, 1)))
+        if n < 1:
+            raise ValueError(f"workers must be >= 1, got {n}")
+        self.n = int(n)
+        self.threads = int(threads)
+        self.gpus_per_worker = gpus / self.n if gpus > 0 else 0.0
+        try:
+            blob = ray.put(pickle.dumps(scorer))
+        except Exception as e:
+            raise WorkerError(f"the search cannot be sent to Ray workers: {e}. Costs and "
+                              "models given as lambdas or closures do not pickle; define "
+                              "them at module level") from None
+        actor_cls = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_worker,
+                               max_restarts=-1, max_task_retries=retries)(_Actor)
+        self._actors = [actor_cls.remote(blob, self.threads) for _ in range(self.n)]
+
+    def pids(self) -> list[int]:
+        """The actors' process ids."""
+        return list(self._ray.get([a.pid.remote() for a in self._actors]))
+
+    def map(self, jobs: Sequence[Any]) -> list[Any]:
+        """The answers to ``jobs`` in order (job ``i`` runs on actor ``i mod n``)."""
+        refs = [self._actors[i % self.n].score_job.remote(job) for i, job in enumerate(jobs)]
+        try:
+            return list(self._ray.get(refs))
+        except self._ray.exceptions.RayError as e:
+            raise WorkerError(f"Ray could not finish the batch: {e}") from None
+
+    def close(self) -> None:
+        for a in self._actors:
+            self._ray.kill(a)
+        self._actors = []
+        if self._own:
+            self._ray.shutdown()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "workers": self.n, "threads": self.threads,
+                "gpus_per_worker": self.gpus_per_worker}
+
+
+def make_workers(scorer: Scorer, workers: int = 1, ray: str | None = None,
+                 threads: int | None = None) -> Workers | None:
+    """The pool a run asked for: ``None`` (score in this process) for one local worker,
+    :class:`LocalWorkers` for ``workers > 1``, :class:`RayWorkers` when ``ray`` is an
+    address (``workers`` then counts actors; ``0`` takes the cluster's GPUs or CPUs).
+    ``threads`` are torch threads per worker (default: local cores shared out; 1 on Ray).
+    """
+    if ray:
+        return RayWorkers(scorer, ray, n=workers if workers > 0 else None,
+                          threads=threads if threads is not None else 1)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 without Ray, got {workers}")
+    if workers == 1:
+        return None
+    return LocalWorkers(scorer, workers, threads)
