@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, compare=False)
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue an interrupted run from its directory, with its stored "
-                        "config.yaml (other flags must agree with it; --quiet may be added)")
+                        "config.yaml (other flags must agree with it; --quiet, --workers, --ray "
+                        "and --threads may change)")
 
     p = sub.add_parser("compare", help="run several methods side by side on one budget")
     _add_config_flags(p, compare=True)
@@ -194,6 +195,14 @@ _FLAG_HELP = {
     "reward_fraction": "fraction of the training set held out as the reward split",
     "pretrain_epochs": "epochs when pretraining a registry --model",
     "seed": "random seed (the run is reproducible from it)",
+    "workers": "score candidates in N local worker processes (cpl, random); with --ray, "
+               "N Ray actors (0: one per GPU, else per CPU, of the cluster)",
+    "parallel": "candidates a method proposes and scores together (default: --workers); "
+                "a seed and this fix the result, whatever runs it",
+    "ray": "score candidates on a Ray cluster: auto (the cluster this machine joined), "
+           "local (start one here) or its address; needs pip install 'rlprune[ray]'",
+    "threads": "torch threads per worker (default: this machine's cores shared out; 1 on "
+               "Ray)",
     "out": "run directory to write",
     "quiet": "no progress bars",
     "onnx": "export pruned.onnx (checked with onnxruntime)",
@@ -266,7 +275,8 @@ def _resume_config(args: argparse.Namespace) -> RunConfig:
 
     A resumed run must be the run that was started (its log is replayed candidate by
     candidate), so every setting given beside ``--resume`` must equal the stored one;
-    only ``--quiet`` may change.
+    only ``--quiet`` and where candidates are scored (``--workers``, ``--ray``,
+    ``--threads``) may change.
     """
     run_dir = Path(args.resume)
     cfg_path = run_dir / "config.yaml"
@@ -276,7 +286,8 @@ def _resume_config(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig(**pipeline.load_config(cfg_path))
     given = _given_settings(args)
     for name, (value, text) in given.items():
-        if name == "quiet":
+        if name in pipeline.RESUME_MAY_CHANGE:
+            setattr(cfg, name, value)
             continue
         if name == "out":
             if Path(value).resolve() == run_dir.resolve():
@@ -287,11 +298,10 @@ def _resume_config(args: argparse.Namespace) -> RunConfig:
         else:
             stored = f"{cfg_path} has {name}: {_show(getattr(cfg, name))}"
         raise UserError(f"{text} conflicts with the run being resumed ({stored}); a resumed "
-                        "run keeps its stored settings (only --quiet may be added): drop it, "
+                        "run keeps its stored settings (only --quiet, --workers, --ray and "
+                        "--threads may change): drop it, "
                         "or start a new run with another --out")
     cfg.out = str(run_dir)
-    if "quiet" in given:
-        cfg.quiet = bool(given["quiet"][0])
     return cfg
 
 

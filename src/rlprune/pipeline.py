@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 __all__ = ["RunConfig", "load_config", "run_prune", "run_compare", "demo", "cache_dir",
-           "pretrain", "pretrained", "registry_model", "PRETRAIN_LR"]
+           "RESUME_MAY_CHANGE", "pretrain", "pretrained", "registry_model", "PRETRAIN_LR"]
 
 
 @dataclass
@@ -89,6 +89,10 @@ class RunConfig:
     reward_fraction: float = 0.1
     pretrain_epochs: int = 10
     seed: int = 0
+    workers: int = 1  # candidates scored in N local processes (or N Ray actors with ray)
+    parallel: int | None = None  # candidates a method proposes together (default: workers)
+    ray: str | None = None  # score on a Ray cluster: auto, local or an address
+    threads: int | None = None  # torch threads per worker
     out: str | None = None
     quiet: bool = False
     onnx: bool = True
@@ -108,6 +112,13 @@ class RunConfig:
         self._check_model_source()
         if self.granularity not in ("channel", "weight"):
             raise ValueError(f"granularity must be channel or weight, got {self.granularity!r}")
+        if self.workers < (0 if self.ray else 1):
+            raise ValueError(f"workers must be >= 1 (0 with --ray: one per GPU or CPU of "
+                             f"the cluster), got {self.workers}")
+        for name in ("parallel", "threads"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
         for name in ("episodes", "finetune_epochs", "pretrain_epochs", "search_finetune_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -144,6 +155,9 @@ class RunConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+#: Settings a resumed run may change: they change how a run is shown or where its
+#: candidates are scored, never which candidates it proposes.
+RESUME_MAY_CHANGE = ("quiet", "workers", "ray", "threads")
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -431,7 +445,7 @@ def _check_not_another_run(run_dir: Path, cfg: RunConfig) -> None:
         return
     stored = dataclasses.asdict(RunConfig(**load_config(stored_path)))
     for key, value in dataclasses.asdict(cfg).items():
-        if key not in ("out", "quiet") and stored.get(key) != value:
+        if key not in ("out", *RESUME_MAY_CHANGE) and stored.get(key) != value:
             raise ValueError(
                 f"--out {run_dir} already holds a different run ({stored_path} has {key}: "
                 f"{stored.get(key)}, this run {value}): --resume {run_dir} continues that "
@@ -457,6 +471,9 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
     from rlprune.noise import MeasurementTape
 
     cfg.validate()
+    if cfg.parallel is None and cfg.workers > 0:
+        # stored with the run: a resume with other workers proposes the same candidates
+        cfg.parallel = cfg.workers
     _check_names(cfg, [cfg.method])
     api.budget_for(Budget.parse(cfg.budget or ""), cfg.granularity)  # before any loading
     _check_out(cfg.out)
@@ -500,7 +517,9 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
                            granularity=cfg.granularity, finetune_epochs=cfg.finetune_epochs,
                            finetune_lr=cfg.finetune_lr, distill=cfg.distill,
                            episodes=cfg.episodes, seed=cfg.seed, progress=not cfg.quiet,
-                           env=env, callback=recorder, latency_table=cfg.latency_table)
+                           env=env, callback=recorder, latency_table=cfg.latency_table,
+                           workers=cfg.workers, parallel=cfg.parallel, ray=cfg.ray,
+                           threads=cfg.threads)
     except BudgetInfeasibleError as e:
         tape = bound.tape
         if tape is None or tape.mark is None or run_dir is None:
@@ -545,7 +564,9 @@ def run_compare(cfg: RunConfig, command: str = "") -> list[Any]:
                           finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr,
                           importance=cfg.importance, example_input=ex, seed=cfg.seed,
                           progress=not cfg.quiet, env_kwargs=env_kwargs, on_result=done,
-                          latency_table=cfg.latency_table, noise=cfg.noise_rule())
+                          latency_table=cfg.latency_table, noise=cfg.noise_rule(),
+                          workers=cfg.workers, parallel=cfg.parallel, ray=cfg.ray,
+                          threads=cfg.threads)
     rows = [report.compare_row(r) for r in results]
     original = {"test": results[0].accuracy.get("original"),
                 "reward": results[0].accuracy.get("reward_original")}

@@ -14,7 +14,10 @@ depends on its seed and on how many candidates it proposes together
   shared memory once and mapped by every worker instead of being copied ``N`` times.
 * :class:`RayWorkers` (``ray="auto"``, ``"local"`` or an address): the same work as
   Ray actors on a cluster, one GPU share each where the cluster has GPUs. Ray is an
-  optional extra (``pip install rlprune[ray]``).
+  optional extra (``pip install rlprune[ray]``). The scorer travels with Ray's
+  cloudpickle, so costs given as lambdas work there; a cost or model defined in a
+  module of your own must be importable on the cluster's nodes (install it there, or
+  give ``ray.init`` a ``runtime_env`` before the search).
 
 Faults: a local worker that dies mid-evaluation (killed, out of memory) breaks the
 process pool; the pool is started again and the candidates that had no answer are
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -207,6 +211,22 @@ def _ray() -> Any:
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a ``host:port`` address
+    (``ray.init`` keeps retrying an unreachable cluster for a long time)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise WorkerError(f"--ray {address!r} is not auto, local or host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise WorkerError(f"cannot join the Ray cluster at {address!r}: {e.strerror or e}. "
+                          "Start one with `ray start --head`, or use --ray local") from None
+
+
 class _Actor:
     """One Ray actor: a scorer unpickled once, its torch threads set."""
 
@@ -239,6 +259,7 @@ class RayWorkers(Workers):
         self._ray = ray
         self._own = False
         if not ray.is_initialized():
+            _check_reachable(address)
             try:
                 if address == "local":
                     ray.init(include_dashboard=False, configure_logging=False,
@@ -260,12 +281,11 @@ class RayWorkers(Workers):
         self.n = int(n)
         self.threads = int(threads)
         self.gpus_per_worker = gpus / self.n if gpus > 0 else 0.0
-        try:
-            blob = ray.put(pickle.dumps(scorer))
+        try:  # Ray's cloudpickle: lambdas and closures travel by value
+            blob = ray.put(ray.cloudpickle.dumps(scorer))
         except Exception as e:
-            raise WorkerError(f"the search cannot be sent to Ray workers: {e}. Costs and "
-                              "models given as lambdas or closures do not pickle; define "
-                              "them at module level") from None
+            raise WorkerError(f"the search cannot be sent to Ray workers: {e}") from None
+        self._blob = blob  # kept alive: Ray rebuilds a restarted actor from it
         actor_cls = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_worker,
                                max_restarts=-1, max_task_retries=retries)(_Actor)
         self._actors = [actor_cls.remote(blob, self.threads) for _ in range(self.n)]
