@@ -143,7 +143,11 @@ def ray_cluster() -> Iterator[str]:
         pytest.skip("Ray is not installed (pip install 'rlprune[ray]')")
     ray_bin = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # a cluster of its own, without the token a `ray.init()` elsewhere may have left
+    quiet = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    saved = {k: os.environ.get(k) for k in quiet}
+    os.environ.update(quiet)
+    env = dict(os.environ)
     address = f"127.0.0.1:{port}"
     try:
         subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1",
@@ -160,6 +164,11 @@ def ray_cluster() -> Iterator[str]:
             ray.shutdown()
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env,
                        timeout=120)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def test_ray_cluster_gives_the_answers_of_the_local_run(

@@ -39,7 +39,7 @@ from torch import nn
 
 from rlprune.costs import BoundBudget, Budget
 from rlprune.data import Splits
-from rlprune.evaluate import EvalOptions, Evaluator
+from rlprune.evaluate import REPAIRS, EvalOptions, Evaluator
 from rlprune.history import Candidate, History, policy_key
 from rlprune.rewards import RewardFn
 from rlprune.space import DEFAULT_IMPORTANCE, PruningSpace
@@ -49,8 +49,6 @@ __all__ = ["PruningEnv"]
 # Costs approximated by parameter counts in the observation's budget proxy; every other
 # cost (macs, flops, latency, custom) is approximated by MACs.
 _PARAM_LIKE = ("params", "nonzero_params", "disk_mb", "memory_mb")
-#: What an episode may score instead of an out-of-budget or slack policy (see ``repair``).
-REPAIRS = ("none", "project", "boundary")
 
 
 class PruningEnv(gym.Env):
@@ -280,16 +278,7 @@ class PruningEnv(gym.Env):
         memo = self._repairs.get(policy_key(policy))
         if memo is not None:
             return memo
-        ev = self.evaluator
-        if self.repair == "none" or ev.bound.noisy:
-            return policy, None
-        raw = ev.cost_ratios(policy)
-        fixed = policy
-        if self.repair == "boundary":
-            fixed = ev.to_boundary(policy)
-        elif np.any(raw > 1.0):
-            fixed = ev.project(policy)
-        return np.asarray(fixed, dtype=np.float64), raw
+        return self.evaluator.repair(policy, self.repair)
 
     def _evaluate_episode(self) -> tuple[Candidate, np.ndarray, bool]:
         """The episode's candidate, the cost ratios the agent sees, whether projected."""
@@ -332,14 +321,11 @@ class PruningEnv(gym.Env):
         (on the evaluator's workers, if any). Stepping through the episodes afterwards
         records them as if scored one by one.
         """
-        self._repairs = {}
-        scored = []
-        for p in policies:
-            pol = np.minimum(np.asarray(p, dtype=np.float64).reshape(-1), self.max_ratios)
-            fixed, raw = self._repaired(pol)
-            self._repairs[policy_key(pol)] = (fixed, raw)
-            scored.append(fixed)
-        self.evaluator.prefetch(scored, [self.episode + i for i in range(len(scored))])
+        pols = [np.minimum(np.asarray(p, dtype=np.float64).reshape(-1), self.max_ratios)
+                for p in policies]
+        repaired = self.evaluator.prefetch(pols, [self.episode + i for i in range(len(pols))],
+                                           repair=self.repair)
+        self._repairs = {policy_key(p): r for p, r in zip(pols, repaired)}
 
     def observations(self, policy: Sequence[float] | np.ndarray) -> np.ndarray:
         """The ``T`` observations an episode that chooses ``policy`` sees (nothing is

@@ -50,8 +50,11 @@ from rlprune.train import evaluate as top1
 from rlprune.train import finetune_steps, recalibrate_bn
 from rlprune.workers import Workers
 
-__all__ = ["EvalOptions", "Evaluator"]
+__all__ = ["EvalOptions", "Evaluator", "REPAIRS"]
 
+#: What an episode may score instead of an out-of-budget or slack policy (see
+#: :meth:`Evaluator.repair`).
+REPAIRS = ("none", "project", "boundary")
 #: Fractions of the reward samples after which a raced candidate may stop scoring.
 RACE_STAGES = (0.25, 0.5)
 #: Reward splits smaller than this are always scored whole (racing would be noise).
@@ -396,52 +399,96 @@ class Evaluator:
         cand.extra = {**tags, **cand.extra}
         return self.history.add(cand)
 
+    def repair(self, policy: Sequence[float] | np.ndarray, mode: str
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The policy an episode that chose ``policy`` scores under the repair ``mode``
+        (:data:`REPAIRS`), and the chosen policy's own cost ratios (``None`` when no
+        repair applies: ``"none"``, or a budget with noisy costs). A repair that moves
+        the policy by less than ``np.allclose`` sees returns ``policy`` itself."""
+        pol = np.asarray(policy, dtype=np.float64)
+        if mode not in REPAIRS:
+            raise ValueError(f"repair must be one of {', '.join(REPAIRS)}, got {mode!r}")
+        if mode == "none" or self.bound.noisy:
+            return pol, None
+        raw = self.cost_ratios(pol)
+        fixed = pol
+        if mode == "boundary":
+            fixed = self.to_boundary(pol)
+        elif np.any(raw > 1.0):
+            fixed = self.project(pol)
+        fixed = np.asarray(fixed, dtype=np.float64)
+        return (pol if np.allclose(fixed, pol) else fixed), raw
+
     def prefetch(self, policies: Sequence[Sequence[float] | np.ndarray],
-                 episodes: Sequence[int] | None = None) -> int:
+                 episodes: Sequence[int] | None = None, repair: str = "none"
+                 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Score ``policies`` together (on ``workers`` if set) for :meth:`evaluate` to record.
 
         A method calls this with the policies it is about to evaluate, then
         :meth:`evaluate` on each in its order, which records the candidate scored here
-        instead of scoring it again. Policies the history already holds, that a resumed
-        run will replay, or that repeat one earlier in the batch are not scored (they
-        are cache hits or replays of :meth:`evaluate`). Every policy of the batch races
-        against the best candidate known now (``options.race_z``). ``episodes`` are
-        recorded on the candidates (default 0). Returns how many policies were scored.
+        instead of scoring it again. ``repair`` (:data:`REPAIRS`) is applied first
+        (:meth:`repair`); the repaired policy is the one scored, and the workers do the
+        repair too unless a resumed run still has candidates to replay. Policies the
+        history already holds, that a resumed run will replay, or that repeat one
+        earlier in the batch are not scored (they are cache hits or replays of
+        :meth:`evaluate`). Every policy of the batch races against the best candidate
+        known now (``options.race_z``). ``episodes`` are recorded on the candidates
+        (default 0). Returns, per policy, :meth:`repair`'s answer.
         """
-        eps = list(episodes) if episodes is not None else [0] * len(policies)
-        replay = dict(self._replay)
+        eps = [int(e) for e in episodes] if episodes is not None else [0] * len(policies)
         beat = self.history.best if self.options.race_z is not None else None
-        jobs: list[tuple[np.ndarray, int, Candidate | None]] = []
+        remote_repair = (self.workers is not None and repair != "none"
+                         and not self.bound.noisy and not any(self._replay.values()))
+        if remote_repair:
+            assert self.workers is not None
+            jobs = []
+            for policy, ep in zip(policies, eps):
+                jobs.append((np.asarray(policy, dtype=np.float64), ep, beat, repair))
+            out: list[tuple[np.ndarray, np.ndarray | None]] = []
+            for fixed_raw, cand, spent in self.workers.map(jobs):
+                self._count(spent)
+                key = policy_key(self._clip(fixed_raw[0]))
+                if self.history.lookup(fixed_raw[0]) is None:
+                    self._prefetched.setdefault(key, cand)
+                out.append(fixed_raw)
+            return out
+        repaired = [self.repair(p, repair) for p in policies]
+        replay = dict(self._replay)
+        scored: list[tuple[np.ndarray, int, Candidate | None, str]] = []
         keys: list[tuple[float, ...]] = []
-        for policy, ep in zip(policies, eps):
-            pol = self._clip(policy)
+        for (fixed, _), ep in zip(repaired, eps):
+            pol = self._clip(fixed)
             key = policy_key(pol)
             if replay.get(key, 0) > 0:
                 replay[key] -= 1
                 continue
             if key in self._prefetched or key in keys or self.history.lookup(pol) is not None:
                 continue
-            jobs.append((pol, int(ep), beat))
+            scored.append((pol, ep, beat, "none"))
             keys.append(key)
-        if self.workers is not None and jobs:
-            answers = self.workers.map(jobs)
-            for key, (cand, spent) in zip(keys, answers):
-                for k, v in spent.items():
-                    self.spent[k] = self.spent.get(k, 0) + v
+        if self.workers is not None and scored:
+            for key, (_, cand, spent) in zip(keys, self.workers.map(scored)):
+                self._count(spent)
                 self._prefetched[key] = cand
         else:
-            for key, (pol, ep, bt) in zip(keys, jobs):
+            for key, (pol, ep, bt, _) in zip(keys, scored):
                 self._prefetched[key] = self.score(pol, ep, beat=bt)
-        return len(jobs)
+        return repaired
 
-    def score_job(self, job: tuple[np.ndarray, int, Candidate | None]
-                  ) -> tuple[Candidate, dict[str, int]]:
-        """A worker's answer to ``(policy, episode, beat)``: :meth:`score`'s candidate
-        and what scoring it spent (the ``spent`` counters' increase)."""
-        policy, episode, beat = job
+    def _count(self, spent: dict[str, int]) -> None:
+        for k, v in spent.items():
+            self.spent[k] = self.spent.get(k, 0) + v
+
+    def score_job(self, job: tuple[np.ndarray, int, Candidate | None, str]
+                  ) -> tuple[tuple[np.ndarray, np.ndarray | None], Candidate, dict[str, int]]:
+        """A worker's answer to ``(policy, episode, beat, repair)``: :meth:`repair`'s
+        answer, :meth:`score`'s candidate of the repaired policy, and what that spent
+        (the ``spent`` counters' increase, the repair's cost measurements aside)."""
+        policy, episode, beat, mode = job
+        fixed_raw = self.repair(policy, mode)
         before = dict(self.spent)
-        cand = self.score(policy, episode, beat=beat)
-        return cand, {k: v - before.get(k, 0) for k, v in self.spent.items()}
+        cand = self.score(fixed_raw[0], episode, beat=beat)
+        return fixed_raw, cand, {k: v - before.get(k, 0) for k, v in self.spent.items()}
 
     def for_workers(self) -> Evaluator:
         """A copy to send to workers: the same model, space, budget, data and options,
