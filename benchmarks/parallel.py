@@ -17,10 +17,11 @@ search, and the ratio to the one-process rows. A search also spends time in the
 main process that workers cannot share: the agent itself, and working out the
 repair of each candidate (the ``boundary`` repair bisects on measured costs).
 
-The memory lines show what sharing the data costs: the reward and training splits'
-tensors, and each local worker's private memory (``Private_*`` of
-``/proc/PID/smaps_rollup``) and its share of shared pages (``Pss``). A worker that
-copied the data would hold it privately.
+The memory lines show what sharing the data costs: the private memory (``Private_*``
+of ``/proc/PID/smaps_rollup``) of an idle worker (Python and torch alone) and of each
+search worker after scoring, against the size of the reward and training splits'
+tensors, and each worker's share of shared pages (``Pss``). A worker that copied the
+data would hold it privately.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ CHECKPOINT = Path(__file__).parent / "checkpoints" / "lenet5_mnist.pt"
 
 def _record(res: Any) -> list[tuple[Any, ...]]:
     return [(tuple(round(p, 6) for p in c.policy), c.accuracy) for c in res.search.history]
+
+
+class _Empty:
+    """A scorer that holds nothing: what a worker process costs by itself."""
+
+    def score_job(self, job: Any) -> Any:
+        return job
 
 
 def _smaps(pid: int) -> dict[str, int]:
@@ -113,11 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     ev = env.evaluator
     tensors = [t for s in (splits.train, splits.reward) for t in (s.x, s.y)]
     data_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    empty = LocalWorkers(_Empty(), 1, threads=1)
+    try:
+        m = _smaps(empty.pids()[0])
+        print(f"\nan idle worker (Python and torch): private "
+              f"{_mb(m.get('Private_Clean', 0) + m.get('Private_Dirty', 0))}")
+    finally:
+        empty.close()
     pool = LocalWorkers(ev.for_workers(), 2, threads=1)
     try:
         pids = pool.pids()
-        pool.map([(ev.uniform_policy(), 0, None)] * 2)  # every worker has scored
-        print(f"\ntrain + reward tensors: {_mb(data_bytes)}")
+        pool.map([(ev.uniform_policy(), 0, None, "none")] * 2)  # every worker has scored
+        print(f"train + reward tensors: {_mb(data_bytes)}")
         for pid in pids:
             m = _smaps(pid)
             private = m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)

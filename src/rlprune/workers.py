@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -104,7 +105,8 @@ def _run(job: Any) -> Any:
     return _SCORER.score_job(job)
 
 
-def _pid(_: Any) -> int:
+def _pid(wait: float) -> int:
+    time.sleep(wait)  # long enough that every worker takes one of a round of these
     return os.getpid()
 
 
@@ -135,6 +137,7 @@ class LocalWorkers(Workers):
         self._ctx = torch.multiprocessing.get_context("spawn")
         self._pool: ProcessPoolExecutor | None = None
         self.restarts = 0
+        self.pids()  # start every worker now: its start-up is not a search's time
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -145,8 +148,12 @@ class LocalWorkers(Workers):
     def pids(self) -> list[int]:
         """The worker processes' ids (starting them if need be)."""
         pool = self._executor()
-        futures = [pool.submit(_pid, i) for i in range(4 * self.n)]
-        return sorted({f.result() for f in futures})
+        pids: set[int] = set()
+        for _ in range(3):
+            pids |= {f.result() for f in [pool.submit(_pid, 0.2) for _ in range(self.n)]}
+            if len(pids) >= self.n:
+                break
+        return sorted(pids)
 
     def map(self, jobs: Sequence[Any]) -> list[Any]:
         """The answers to ``jobs`` in order; a dead worker's jobs are scored again."""
@@ -289,6 +296,7 @@ class RayWorkers(Workers):
         actor_cls = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_worker,
                                max_restarts=-1, max_task_retries=retries)(_Actor)
         self._actors = [actor_cls.remote(blob, self.threads) for _ in range(self.n)]
+        self.pids()  # wait for every actor: its start-up is not a search's time
 
     def pids(self) -> list[int]:
         """The actors' process ids."""
