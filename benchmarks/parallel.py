@@ -15,7 +15,9 @@ Each row gives the search's wall seconds (the pool is started before the search 
 stopped after it: that is the ``start s`` column), candidates scored per second of
 search, and the ratio to the one-process rows. A search also spends time in the
 main process that workers cannot share: the agent itself, and working out the
-repair of each candidate (the ``boundary`` repair bisects on measured costs).
+repair of each candidate (the ``boundary`` repair bisects on measured costs), which
+workers do for the candidates they score. ``main process s`` is the search's time
+that was not spent waiting for the workers' answers.
 
 The memory lines show what sharing the data costs: the private memory (``Private_*``
 of ``/proc/PID/smaps_rollup``) of an idle worker (Python and torch alone) and of each
@@ -91,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(default_threads)
         search = res.search.wall_time
         n = res.search.evaluations
+        waited = res.search.extra["parallel"].get("waited_s")
         rows.append({"label": label, "search": search, "start": total - search, "n": n,
-                     "rate": n / search, "record": _record(res)})
+                     "rate": n / search, "record": _record(res),
+                     "own": None if waited is None else search - waited})
         print(f"  {label}: {n} candidates in {search:.1f} s", flush=True)
 
     print(f"LeNet-5 / MNIST, {args.method}, {args.budget}, {args.episodes} episodes, "
@@ -107,13 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     one = rows[1]
     print()
     print("| run | candidates | search s | start s | candidates/s | vs 1 process "
-          f"({default_threads} threads) | vs 1 thread | same candidates |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"({default_threads} threads) | vs 1 thread | same candidates | main process s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['label']} | {r['n']} | {r['search']:.1f} | {r['start']:.1f} | "
               f"{r['rate']:.2f} | {r['rate'] / base['rate']:.2f}x | "
               f"{r['rate'] / one['rate']:.2f}x | "
-              f"{'yes' if r['record'] == base['record'] else 'NO'} |")
+              f"{'yes' if r['record'] == base['record'] else 'NO'} | "
+              f"{'-' if r['own'] is None else format(r['own'], '.1f')} |")
 
     # memory: the data each worker maps, against what it holds privately
     env = api.make_env(model, splits, Budget.coerce(args.budget).bind(

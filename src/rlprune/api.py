@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import platform
 import time
 import warnings
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from rlprune.env import PruningEnv
 from rlprune.history import History
 from rlprune.noise import NoiseRule
 from rlprune.space import DEFAULT_IMPORTANCE, PruningSpace
-from rlprune.workers import make_workers
+from rlprune.workers import RayWorkers, make_workers
 
 __all__ = ["PruneResult", "prune", "compare", "load", "make_env", "budget_for", "check_inputs"]
 
@@ -171,6 +172,14 @@ def budget_for(budget: Budget | str, granularity: str) -> Budget:
     nz = get_cost("nonzero_params")
     return Budget([Constraint("nonzero_params", nz, c.value, c.percent) if c.name == "params"
                    else c for c in b])
+
+
+def _fit_elsewhere(model: nn.Module, splits: Splits, fit_kw: dict[str, Any]
+                   ) -> tuple[nn.Module, dict[str, Any]]:
+    """The fine-tune as a Ray task: ``model`` fitted on ``splits``, and where it ran."""
+    train_mod.fit(model, splits, progress=False, **fit_kw)
+    return model.cpu(), {"pid": os.getpid(), "host": platform.node(),
+                         "device": str(train_mod.compute_device())}
 
 
 def _check_parallel(workers: int, parallel: int | None, ray: str | None,
@@ -359,6 +368,9 @@ def prune(
         warnings.warn(f"{method} scores its candidates one at a time in this process: "
                       "workers are used by the methods that batch candidates (cpl, "
                       "cpl-paper, random)", stacklevel=2)
+    # a Ray cluster with GPUs also fine-tunes the returned model, on one of them
+    remote = (pool if isinstance(pool, RayWorkers) and finetune_epochs > 0 and pool.has_gpus
+              else None)
     evaluator.workers = pool
     evaluator.parallel = int(parallel) if parallel is not None else (
         pool.n if pool is not None else 1)
@@ -367,7 +379,9 @@ def prune(
     finally:
         evaluator.bound = bound
         evaluator.workers = None
-        if pool is not None:
+        if remote is not None:
+            remote.release()  # its actors go; the cluster stays joined for the fine-tune
+        elif pool is not None:
             pool.close()
     result.extra["parallel"] = {"candidates": evaluator.parallel,
                                 **(pool.describe() if pool is not None
@@ -395,11 +409,15 @@ def prune(
         acc["reward_pruned_before_finetune"] = train_mod.evaluate(pruned, splits.reward)
         t1 = time.perf_counter()
         if finetune_epochs > 0:
-            train_mod.fit(pruned, splits, epochs=finetune_epochs, lr=finetune_lr, seed=seed,
-                          teacher=original if distill else None,
-                          distill_alpha=0.5 if distill else 0,
-                          progress=progress, desc="fine-tune",
-                          keep_zeros=granularity == "weight")
+            fit_kw: dict[str, Any] = {"epochs": finetune_epochs, "lr": finetune_lr, "seed": seed,
+                      "teacher": original if distill else None,
+                      "distill_alpha": 0.5 if distill else 0, "desc": "fine-tune",
+                      "keep_zeros": granularity == "weight"}
+            if remote is not None:  # on a GPU of the Ray cluster
+                pruned, where = remote.call(_fit_elsewhere, pruned, splits, fit_kw)
+                result.extra["parallel"]["finetune"] = where
+            else:
+                train_mod.fit(pruned, splits, progress=progress, **fit_kw)
         t_ft = time.perf_counter() - t1
         if has_test:
             acc["pruned"] = train_mod.evaluate(pruned, splits.test)
@@ -423,6 +441,8 @@ def prune(
             {"failed": {n: float(measured[n]["value"]) for n in failed}, "margin": margin})
         pruned, acc, t_ft = finish(result.policy)
         measured = bound.evaluate(pruned)
+    if remote is not None:
+        remote.close()
     cost_table: dict[str, dict[str, Any]] = {
         name: {"original": float(v["original"]), "pruned": float(v["value"]),
                "ratio": float(v["ratio"]), "limit": float(v["limit"]), "ok": bool(v["ok"]),

@@ -67,6 +67,9 @@ class Workers:
 
     n: int = 1
     kind: str = "local"
+    #: Seconds :meth:`map` has waited for answers (the rest of a search is the main
+    #: process's own work: the agent, planning, bookkeeping).
+    waited_s: float = 0.0
 
     def map(self, jobs: Sequence[Any]) -> list[Any]:  # pragma: no cover - abstract
         """The answers to ``jobs``, in order."""
@@ -76,8 +79,9 @@ class Workers:
         """Stop the workers."""
 
     def describe(self) -> dict[str, Any]:
-        """What the pool is, for the run's report: kind, workers, threads."""
-        return {"kind": self.kind, "workers": self.n}
+        """What the pool is, for the run's report: kind, workers, threads, seconds the
+        search waited for its answers."""
+        return {"kind": self.kind, "workers": self.n, "waited_s": round(self.waited_s, 3)}
 
     def __enter__(self) -> Workers:
         return self
@@ -157,6 +161,13 @@ class LocalWorkers(Workers):
 
     def map(self, jobs: Sequence[Any]) -> list[Any]:
         """The answers to ``jobs`` in order; a dead worker's jobs are scored again."""
+        t0 = time.perf_counter()
+        try:
+            return self._map(jobs)
+        finally:
+            self.waited_s += time.perf_counter() - t0
+
+    def _map(self, jobs: Sequence[Any]) -> list[Any]:
         answers: dict[int, Any] = {}
         todo = list(range(len(jobs)))
         attempt = 0
@@ -196,7 +207,7 @@ class LocalWorkers(Workers):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "workers": self.n, "threads": self.threads,
-                "restarts": self.restarts}
+                "restarts": self.restarts, "waited_s": round(self.waited_s, 3)}
 
 
 # ---------------------------------------------------------------------------- Ray
@@ -265,6 +276,7 @@ class RayWorkers(Workers):
         ray = _ray()
         self._ray = ray
         self._own = False
+        self.retries = int(retries)
         if not ray.is_initialized():
             _check_reachable(address)
             try:
@@ -304,22 +316,46 @@ class RayWorkers(Workers):
 
     def map(self, jobs: Sequence[Any]) -> list[Any]:
         """The answers to ``jobs`` in order (job ``i`` runs on actor ``i mod n``)."""
+        t0 = time.perf_counter()
         refs = [self._actors[i % self.n].score_job.remote(job) for i, job in enumerate(jobs)]
         try:
             return list(self._ray.get(refs))
         except self._ray.exceptions.RayError as e:
             raise WorkerError(f"Ray could not finish the batch: {e}") from None
+        finally:
+            self.waited_s += time.perf_counter() - t0
 
-    def close(self) -> None:
+    @property
+    def has_gpus(self) -> bool:
+        """Whether the cluster has GPUs (then :meth:`call` runs its task on one)."""
+        return bool(self._ray.cluster_resources().get("GPU", 0.0) >= 1)
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` as one Ray task on the cluster, on one GPU when it has GPUs
+        (the actors are released first, so their GPUs are free), retried like the
+        actors' tasks if its process dies. ``fn`` must be importable on the nodes."""
+        self.release()
+        task = self._ray.remote(num_cpus=self.threads, num_gpus=1 if self.has_gpus else 0,
+                                max_retries=self.retries)(fn)
+        try:
+            return self._ray.get(task.remote(*args))
+        except self._ray.exceptions.RayError as e:
+            raise WorkerError(f"Ray could not run {getattr(fn, '__name__', fn)}: {e}") from None
+
+    def release(self) -> None:
+        """Stop the actors (their CPUs and GPUs are free again); Ray stays joined."""
         for a in self._actors:
             self._ray.kill(a)
         self._actors = []
+
+    def close(self) -> None:
+        self.release()
         if self._own:
             self._ray.shutdown()
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "workers": self.n, "threads": self.threads,
-                "gpus_per_worker": self.gpus_per_worker}
+                "gpus_per_worker": self.gpus_per_worker, "waited_s": round(self.waited_s, 3)}
 
 
 def make_workers(scorer: Scorer, workers: int = 1, ray: str | None = None,

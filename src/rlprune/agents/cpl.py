@@ -112,7 +112,9 @@ class CPLConfig:
     learning_rate: float = 3e-4
     """Adam step size of the policy and of the critics (two separate optimisers)."""
     rollout_steps: int = 128
-    """Steps per rollout, rounded up to whole episodes (the authors' 128)."""
+    """Steps per rollout, rounded up to whole episodes (the authors' 128), for each
+    candidate the search proposes together (``parallel``: as with the authors'
+    vectorised envs, ``rollout_steps`` per env)."""
     min_updates: int = 4
     """Shorten the rollouts of a short search so that at least this many policy and
     multiplier updates happen (0: the authors' rollouts whatever the search length; a
@@ -439,7 +441,11 @@ class CPL(Searcher):
         # The authors' 128-step rollouts, unless the search is so short that fewer than
         # ``min_updates`` policy/multiplier updates would happen (a 40-episode search of a
         # 3-layer model would otherwise never update at all).
-        eps_per_rollout = max(1, math.ceil(cfg.rollout_steps / self.dims["episode_steps"]))
+        # ``rollout_steps`` per candidate proposed together, as with the authors'
+        # vectorised envs (128 steps per env), so that a batch fills the workers
+        parallel = max(1, int(getattr(getattr(env, "evaluator", None), "parallel", 1)))
+        eps_per_rollout = parallel * max(1, math.ceil(cfg.rollout_steps
+                                                      / self.dims["episode_steps"]))
         if cfg.min_updates > 0:
             eps_per_rollout = max(1, min(eps_per_rollout, total // cfg.min_updates))
         history = getattr(env, "evaluator", env).history
