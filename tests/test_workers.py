@@ -226,3 +226,75 @@ def test_no_ray_cluster_is_one_clear_error(trained_digits_cnn: nn.Module,
         ray.shutdown()
     with pytest.raises(WorkerError, match="cannot join the Ray cluster"):
         _prune(trained_digits_cnn, digits, ray=f"127.0.0.1:{_free_port()}", workers=1)
+
+
+def test_a_run_on_workers_resumes_on_other_workers_with_the_same_answers(
+        trained_digits_cnn: nn.Module, digits: data.Splits, tmp_path: Path) -> None:
+    import json
+
+    from rlprune import cli, pipeline, train
+
+    ckpt = tmp_path / "model.pt"
+    train.save_checkpoint(ckpt, trained_digits_cnn, {"dataset": "digits"})
+
+    def config(out: Path) -> pipeline.RunConfig:
+        return pipeline.RunConfig(checkpoint=str(ckpt), data="digits", budget="params<=0.3",
+                                  method="cpl", episodes=16, workers=2, out=str(out),
+                                  onnx=False, plots=False, quiet=True)
+
+    def log(run: Path) -> list[dict[str, Any]]:
+        lines = (run / "log.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "time"} for x in lines]
+
+    pipeline.run_prune(config(tmp_path / "whole"))
+    stored = pipeline.load_config(tmp_path / "whole" / "config.yaml")
+    assert stored["parallel"] == 2  # K is stored with the run
+
+    # the same run, cut after 6 candidates and resumed in one process
+    part = tmp_path / "part"
+    pipeline.run_prune(config(part))
+    lines = (part / "log.jsonl").read_text().splitlines(keepends=True)
+    (part / "log.jsonl").write_text("".join(lines[:6]))
+    (part / "report.json").unlink()
+    with torch.inference_mode(False):
+        rc = cli.main(["prune", "--resume", str(part), "--workers", "1", "--quiet"])
+    assert rc == 0
+    assert log(part) == log(tmp_path / "whole")
+    assert json.loads((part / "report.json").read_text())["search"]["candidates"] == len(
+        log(part))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--workers", "0"], ["workers must be >= 1"]),
+    (["--parallel", "0"], ["parallel must be >= 1"]),
+    (["--ray", "127.0.0.1:{port}"], ["cannot join the Ray cluster", "ray start --head"]),
+    (["--ray", "nowhere"], ["not auto, local or host:port"]),
+])
+def test_bad_parallel_flags_are_one_line_before_anything_loads(
+        tmp_path: Path, args: list[str], words: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    import io
+
+    from rlprune import cli, pipeline
+
+    if "--ray" in args and not ray_available():
+        pytest.skip("Ray is not installed")
+
+    def never(*a: Any, **k: Any) -> Any:
+        raise AssertionError("data or model loaded before the flags were checked")
+
+    monkeypatch.setattr(pipeline, "_load_inputs", never)
+    monkeypatch.delenv("RLPRUNE_DEBUG", raising=False)
+    argv = ["prune", "--data", "digits", "--model", "digits_cnn", "--budget", "params<=0.3",
+            *[a.replace("{port}", str(_free_port())) for a in args],
+            "--out", str(tmp_path / "run"), "--quiet"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = cli.main(argv)
+    assert rc == 2
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1
+    for w in words:
+        assert w in lines[0]
+    assert not (tmp_path / "run").exists()

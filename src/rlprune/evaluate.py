@@ -481,9 +481,10 @@ class Evaluator:
 
     def score_job(self, job: tuple[np.ndarray, int, Candidate | None, str]
                   ) -> tuple[tuple[np.ndarray, np.ndarray | None], Candidate, dict[str, int]]:
-        """A worker's answer to ``(policy, episode, beat, repair)``: :meth:`repair`'s
-        answer, :meth:`score`'s candidate of the repaired policy, and what that spent
-        (the ``spent`` counters' increase, the repair's cost measurements aside)."""
+        """A worker's answer to ``job`` = ``(policy, episode, beat, repair)``:
+        :meth:`repair`'s answer, :meth:`score`'s candidate of the repaired policy, and
+        what that spent (the ``spent`` counters' increase, the repair's cost
+        measurements aside)."""
         policy, episode, beat, mode = job
         fixed_raw = self.repair(policy, mode)
         before = dict(self.spent)

@@ -420,6 +420,14 @@ def _bound_budget(cfg: RunConfig, model: Any, ex: Any, run_dir: Path | None,
     return budget.bind(model, ex, rule=cfg.noise_rule())
 
 
+def _check_workers(cfg: RunConfig) -> None:
+    """A Ray cluster that cannot be reached is an error before anything is loaded."""
+    if cfg.ray:
+        from rlprune.workers import check_ray
+
+        check_ray(cfg.ray)
+
+
 def _check_out(out: str | None) -> None:
     """A clear error now, not after the search, for an output folder that cannot be made."""
     if not out:
@@ -471,6 +479,7 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
     from rlprune.noise import MeasurementTape
 
     cfg.validate()
+    _check_workers(cfg)
     if cfg.parallel is None and cfg.workers > 0:
         # stored with the run: a resume with other workers proposes the same candidates
         cfg.parallel = cfg.workers
@@ -546,6 +555,7 @@ def run_compare(cfg: RunConfig, command: str = "") -> list[Any]:
     from rlprune.costs import Budget
 
     cfg.validate()
+    _check_workers(cfg)
     Budget.parse(cfg.budget or "")
     _check_names(cfg, list(cfg.methods))
     _check_out(cfg.out)

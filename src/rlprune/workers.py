@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import torch
 
 __all__ = ["Workers", "LocalWorkers", "RayWorkers", "Scorer", "WorkerError",
-           "make_workers", "ray_available"]
+           "make_workers", "ray_available", "check_ray"]
 
 
 class Scorer(Protocol):
@@ -54,8 +54,11 @@ class Scorer(Protocol):
         """The answer to ``job``."""
 
 
-class WorkerError(RuntimeError):
-    """Workers could not finish a batch (they kept dying, or could not start)."""
+class WorkerError(OSError):
+    """Workers could not start or finish a batch: they kept dying, the search does not
+    pickle, Ray is missing or its cluster cannot be joined. An ``OSError``, like a path
+    that cannot be written: the machine or the cluster could not do the work, and the
+    command line reports it in one line."""
 
 
 class Workers:
@@ -201,11 +204,13 @@ class LocalWorkers(Workers):
         self._pool = None
 
     def close(self) -> None:
+        """Stop the worker processes (waiting for them to exit)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def describe(self) -> dict[str, Any]:
+        """Kind, workers, threads per worker, pool restarts and seconds waited."""
         return {"kind": self.kind, "workers": self.n, "threads": self.threads,
                 "restarts": self.restarts, "waited_s": round(self.waited_s, 3)}
 
@@ -229,9 +234,12 @@ def _ray() -> Any:
     return ray
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, not minutes, when nothing listens at a ``host:port`` address
-    (``ray.init`` keeps retrying an unreachable cluster for a long time)."""
+def check_ray(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when Ray is not installed or nothing listens at a
+    ``host:port`` ``address`` (``ray.init`` keeps retrying an unreachable cluster for a
+    long time); ``timeout`` is the seconds a connection may take. A run checks this
+    before it loads anything."""
+    _ray()
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1]
@@ -260,7 +268,8 @@ class _Actor:
 
 
 class RayWorkers(Workers):
-    """``n`` Ray actors on the cluster at ``address`` (see the module docstring).
+    """``n`` Ray actors on the cluster at ``address``, each holding ``scorer`` (see the
+    module docstring).
 
     ``address``: ``"auto"`` joins the cluster this machine belongs to (``ray start``),
     ``"local"`` starts a Ray instance in this process, anything else is a cluster
@@ -278,7 +287,7 @@ class RayWorkers(Workers):
         self._own = False
         self.retries = int(retries)
         if not ray.is_initialized():
-            _check_reachable(address)
+            check_ray(address)
             try:
                 if address == "local":
                     ray.init(include_dashboard=False, configure_logging=False,
@@ -349,18 +358,21 @@ class RayWorkers(Workers):
         self._actors = []
 
     def close(self) -> None:
+        """Stop the actors, and the Ray instance if this pool started it (``local``)."""
         self.release()
         if self._own:
             self._ray.shutdown()
 
     def describe(self) -> dict[str, Any]:
+        """Kind, actors, CPUs and GPU share per actor, and seconds waited."""
         return {"kind": self.kind, "workers": self.n, "threads": self.threads,
                 "gpus_per_worker": self.gpus_per_worker, "waited_s": round(self.waited_s, 3)}
 
 
 def make_workers(scorer: Scorer, workers: int = 1, ray: str | None = None,
                  threads: int | None = None) -> Workers | None:
-    """The pool a run asked for: ``None`` (score in this process) for one local worker,
+    """The pool a run asked for, holding ``scorer`` (a copy per worker): ``None`` (score
+    in this process) for one local worker,
     :class:`LocalWorkers` for ``workers > 1``, :class:`RayWorkers` when ``ray`` is an
     address (``workers`` then counts actors; ``0`` takes the cluster's GPUs or CPUs).
     ``threads`` are torch threads per worker (default: local cores shared out; 1 on Ray).
