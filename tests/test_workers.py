@@ -216,6 +216,21 @@ def test_ray_cluster_gives_the_answers_of_the_local_run(
     assert _record(res) == _record(calm)
 
 
+def test_a_run_on_the_whole_cluster_stores_how_many_candidates_it_proposed(
+        ray_cluster: str, trained_digits_cnn: nn.Module, tmp_path: Path) -> None:
+    from rlprune import pipeline, train
+
+    ckpt = tmp_path / "model.pt"
+    train.save_checkpoint(ckpt, trained_digits_cnn, {"dataset": "digits"})
+    cfg = pipeline.RunConfig(checkpoint=str(ckpt), data="digits", budget="params<=0.3",
+                             method="random", episodes=6, ray=ray_cluster, workers=0,
+                             out=str(tmp_path / "run"), onnx=False, plots=False, quiet=True)
+    res = pipeline.run_prune(cfg)
+    # --workers 0: one actor per CPU of the two one-CPU nodes, and K stored with the run
+    assert res.search.extra["parallel"]["workers"] == 2
+    assert pipeline.load_config(tmp_path / "run" / "config.yaml")["parallel"] == 2
+
+
 def test_no_ray_cluster_is_one_clear_error(trained_digits_cnn: nn.Module,
                                            digits: data.Splits) -> None:
     if not ray_available():

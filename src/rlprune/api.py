@@ -409,10 +409,11 @@ def prune(
         acc["reward_pruned_before_finetune"] = train_mod.evaluate(pruned, splits.reward)
         t1 = time.perf_counter()
         if finetune_epochs > 0:
-            fit_kw: dict[str, Any] = {"epochs": finetune_epochs, "lr": finetune_lr, "seed": seed,
-                      "teacher": original if distill else None,
-                      "distill_alpha": 0.5 if distill else 0, "desc": "fine-tune",
-                      "keep_zeros": granularity == "weight"}
+            fit_kw: dict[str, Any] = {
+                "epochs": finetune_epochs, "lr": finetune_lr, "seed": seed,
+                "teacher": original if distill else None,
+                "distill_alpha": 0.5 if distill else 0, "desc": "fine-tune",
+                "keep_zeros": granularity == "weight"}
             if remote is not None:  # on a GPU of the Ray cluster
                 pruned, where = remote.call(_fit_elsewhere, pruned, splits, fit_kw)
                 result.extra["parallel"]["finetune"] = where

@@ -428,6 +428,13 @@ def _check_workers(cfg: RunConfig) -> None:
         check_ray(cfg.ray)
 
 
+def _cluster_workers(cfg: RunConfig) -> int:
+    """The actors ``--workers 0`` gives on ``cfg.ray``'s cluster."""
+    from rlprune.workers import ray_cluster_workers
+
+    return ray_cluster_workers(cfg.ray or "auto", cfg.threads or 1)
+
+
 def _check_out(out: str | None) -> None:
     """A clear error now, not after the search, for an output folder that cannot be made."""
     if not out:
@@ -480,9 +487,9 @@ def run_prune(cfg: RunConfig, resume: bool = False, command: str = "") -> Any:
 
     cfg.validate()
     _check_workers(cfg)
-    if cfg.parallel is None and cfg.workers > 0:
+    if cfg.parallel is None:
         # stored with the run: a resume with other workers proposes the same candidates
-        cfg.parallel = cfg.workers
+        cfg.parallel = cfg.workers if cfg.workers > 0 else _cluster_workers(cfg)
     _check_names(cfg, [cfg.method])
     api.budget_for(Budget.parse(cfg.budget or ""), cfg.granularity)  # before any loading
     _check_out(cfg.out)

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import torch
 
 __all__ = ["Workers", "LocalWorkers", "RayWorkers", "Scorer", "WorkerError",
-           "make_workers", "ray_available", "check_ray"]
+           "make_workers", "ray_available", "check_ray", "ray_cluster_workers"]
 
 
 class Scorer(Protocol):
@@ -267,6 +267,35 @@ class _Actor:
         return os.getpid()
 
 
+def _join(address: str) -> bool:
+    """Join (or, for ``"local"``, start) the Ray cluster at ``address`` unless this
+    process already has; whether this call started a Ray instance of its own."""
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    check_ray(address)
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+            return True
+        ray.init(address=address, configure_logging=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WorkerError(f"cannot join the Ray cluster at {address!r}: {first}. Start "
+                          "one with `ray start --head`, or use --ray local") from None
+    return False
+
+
+def ray_cluster_workers(address: str, threads: int = 1) -> int:
+    """How many actors ``--workers 0`` means on the Ray cluster at ``address`` (joined
+    if need be): one per GPU if it has GPUs, else one per ``threads`` CPUs."""
+    _join(address)
+    res = _ray().cluster_resources()
+    gpus = float(res.get("GPU", 0.0))
+    cpus = float(res.get("CPU", 1.0))
+    return int(gpus) if gpus >= 1 else max(1, int(cpus // max(threads, 1)))
+
+
 class RayWorkers(Workers):
     """``n`` Ray actors on the cluster at ``address``, each holding ``scorer`` (see the
     module docstring).
@@ -284,26 +313,11 @@ class RayWorkers(Workers):
                  threads: int = 1, retries: int = 3):
         ray = _ray()
         self._ray = ray
-        self._own = False
         self.retries = int(retries)
-        if not ray.is_initialized():
-            check_ray(address)
-            try:
-                if address == "local":
-                    ray.init(include_dashboard=False, configure_logging=False,
-                             log_to_driver=False)
-                    self._own = True
-                else:
-                    ray.init(address=address, configure_logging=False, log_to_driver=False)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise WorkerError(f"cannot join the Ray cluster at {address!r}: {first}. Start "
-                                  "one with `ray start --head`, or use --ray local") from None
-        res = ray.cluster_resources()
-        gpus = float(res.get("GPU", 0.0))
-        cpus = float(res.get("CPU", 1.0))
+        self._own = _join(address)
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
         if n is None:
-            n = int(gpus) if gpus >= 1 else max(1, int(cpus // max(threads, 1)))
+            n = ray_cluster_workers(address, threads)
         if n < 1:
             raise ValueError(f"workers must be >= 1, got {n}")
         self.n = int(n)
