@@ -130,13 +130,6 @@ class LocalWorkers(Workers):
                  retries: int = 3):
         if n < 1:
             raise ValueError(f"workers must be >= 1, got {n}")
-        try:
-            pickle.dumps(scorer)
-        except Exception as e:  # a lambda cost, an open file, ... : one clear line
-            raise WorkerError(
-                f"the search cannot be sent to worker processes: {e}. Costs and models "
-                "given as lambdas or closures do not pickle; define them at module level, "
-                "or run with workers=1") from None
         self.n = int(n)
         self.threads = int(threads) if threads is not None else default_threads(self.n)
         self.retries = int(retries)
@@ -144,7 +137,15 @@ class LocalWorkers(Workers):
         self._ctx = torch.multiprocessing.get_context("spawn")
         self._pool: ProcessPoolExecutor | None = None
         self.restarts = 0
-        self.pids()  # start every worker now: its start-up is not a search's time
+        try:  # start every worker now: its start-up is not a search's time
+            self.pids()
+        except (pickle.PicklingError, AttributeError, TypeError) as e:
+            # the scorer is pickled as each worker starts: a lambda cost, an open file...
+            self.close()
+            raise WorkerError(
+                f"the search cannot be sent to worker processes: {e}. Costs and models "
+                "given as lambdas or closures do not pickle; define them at module level, "
+                "or run with workers=1") from None
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
