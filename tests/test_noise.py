@@ -310,3 +310,64 @@ def test_a_final_check_lost_to_noise_keeps_the_search_for_resume(
         c.policy for c in log]
     assert res.costs["jitter_params"]["ok"] is True
     assert jitter.calls > calls  # the final check measured again, not replayed
+
+
+def test_settle_rechecks_a_step_before_moving_on_a_burst(
+    trained_digits_cnn: nn.Module, digits: data.Splits
+) -> None:
+    """A burst of load during the first check of a policy that fits (every value of
+    that check doubled) does not push it to more pruning: the step is measured once
+    more and taken. Without the re-check it moves, and a step that truly misses the
+    limit moves whatever the re-check says."""
+    from rlprune.latency_table import settle
+    from rlprune.space import PruningSpace
+
+    model = copy.deepcopy(trained_digits_cnn)
+    x = digits.train.x[:2]
+    space = PruningSpace.from_model(model, x)
+    full = count_params(model)
+
+    class Bursty:
+        """The parameter count, doubled for the measurements ``burst`` selects."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+            self.burst = range(0)
+
+        def __call__(self, m: nn.Module) -> float:
+            v = count_params(m)
+            if v < full:  # the original is measured quietly when the limit is bound
+                self.calls += 1
+                if self.calls in self.burst:
+                    return 2.0 * v
+            return v
+
+    fn = Bursty()
+    rule = NoiseRule(repeats=3, margin=0.0, original_repeats=3)
+    policy = space.max_policy() * 0.3
+    pruned = count_params(space.apply(model, policy))
+    bound = Budget(custom={"bursty": (fn, 1.3 * pruned, {"noisy": True})}).bind(
+        model, x, rule)  # it fits, but not when doubled
+
+    def start() -> None:  # the next check of the first step meets a burst
+        fn.calls = 0
+        fn.burst = range(2, 2 + rule.repeats)
+
+    start()
+    kept = settle(space, model, policy, bound)
+    # projection measured once, the burst check, then the re-check took the step
+    assert fn.calls == 1 + 2 * rule.repeats
+    np.testing.assert_allclose(kept, policy)
+    start()
+    moved = settle(space, model, policy, bound, rechecks=0)
+    assert np.all(moved >= policy) and np.any(moved > policy)
+    # a step whose every check meets the burst is left, re-check or not
+    fn.calls = 0
+    fn.burst = range(2, 10**9)
+    try:
+        assert np.any(settle(space, model, policy, bound) > policy)
+    except costs.BudgetInfeasibleError:
+        pass
+    assert fn.calls > 1 + 2 * rule.repeats
+    with pytest.raises(ValueError, match="rechecks"):
+        settle(space, model, policy, bound, rechecks=-1)

@@ -434,6 +434,7 @@ def settle(
     policy: Sequence[float] | np.ndarray,
     bound: BoundBudget,
     margin: float | None = None,
+    rechecks: int = 1,
 ) -> np.ndarray:
     """``policy`` made to meet ``bound`` under its noise rule, measured for real.
 
@@ -444,16 +445,23 @@ def settle(
     bound keeps ``margin``, the rule's unless given, below every noisy limit): one
     measurement right at the limit would pass or fail the final check by chance. Used
     after a search whose noisy costs were measured once per candidate, or predicted by
-    a lookup table. Raises :class:`~rlprune.costs.BudgetInfeasibleError` if even the
-    most aggressive policy fails.
+    a lookup table. A step that fails is measured ``rechecks`` more times before settle
+    moves on, and is taken if any of its checks accepts it: a burst of load on the
+    machine during one check would otherwise push the policy toward more pruning for
+    good, while a step that truly misses fails every check. Raises
+    :class:`~rlprune.costs.BudgetInfeasibleError` if even the most aggressive policy
+    fails.
     """
+    if rechecks < 0:
+        raise ValueError(f"rechecks must be >= 0, got {rechecks!r}")
     p = project(space, model, policy, bound)
     pmax = space.max_policy()
     base = np.minimum(p, pmax)
     m = bound.rule.margin if margin is None else margin
     for t in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0):
         q = np.minimum(base + t * (pmax - base), pmax)
-        if bound.accepts(space.apply(model, q), m):
+        pruned = space.apply(model, q)
+        if any(bound.accepts(pruned, m) for _ in range(1 + rechecks)):
             return q
     runs = bound.repeated(space.apply(model, pmax))
     noisy = bound.noisy_names
