@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from rlprune import data, models
 from rlprune.agents.base import SearchResult, get_method, list_methods
 from rlprune.agents.cpl import (
     CPL,
     CPLConfig,
+    CPLPaper,
     PIDLagrangian,
     compute_gae,
     ppo_lagrangian_policy_loss,
@@ -377,3 +379,26 @@ def test_warm_start_scores_the_heuristics_first_and_starts_at_the_best(trained_d
     env2 = api.make_env(trained_digits_cnn, digits, bound, "cpl", repair="none")
     CPL(episodes=4, seed=0, progress=False, warm_start=False).search(env2)
     assert not any("warm_start" in c.extra for c in env2.history)
+
+
+def test_exploration_width_defaults_by_granularity_and_follows_an_override():
+    """Weight budgets explore at log std -2.0, channel budgets at -1.0 (the cpl
+    ablation), an explicit ``log_std_init`` wins, and cpl-paper keeps -0.5."""
+    from rlprune import api
+
+    torch.manual_seed(0)
+    model = models.create("lenet300", num_classes=10, in_channels=1, input_size=8)
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    seen = {}
+    for key, method, gran, kwargs in (("weight", "cpl", "weight", {}),
+                                      ("channel", "cpl", "channel", {}),
+                                      ("override", "cpl", "weight", {"log_std_init": -1.2}),
+                                      ("paper", "cpl-paper", "weight", {})):
+        agent = CPL if method == "cpl" else CPLPaper
+        searcher = agent(episodes=2, progress=False, **kwargs)
+        splits = data.from_tensors(x, y, x, y, num_classes=10)
+        bound = api.budget_for("params<=0.3", gran).bind(model, x[:1])
+        searcher._setup(api.make_env(model, splits, bound, method, granularity=gran))
+        seen[key] = float(searcher.policy.log_std.detach()[0])
+    assert seen == {"weight": -2.0, "channel": -1.0, "override": pytest.approx(-1.2),
+                    "paper": -0.5}

@@ -68,8 +68,10 @@ __all__ = [
     "CPL",
     "CPLConfig",
     "CPLPaper",
+    "LOG_STD_BY_GRANULARITY",
     "PIDLagrangian",
     "compute_gae",
+    "default_log_std",
     "ppo_lagrangian_policy_loss",
     "update_multipliers",
 ]
@@ -98,11 +100,14 @@ class CPLConfig:
     # networks
     hidden_sizes: tuple[int, ...] = (32, 32)
     """Hidden layers of the policy and of every critic (tanh activations)."""
-    log_std_init: float = -1.0
+    log_std_init: float | None = None
     """Initial state-independent log std of the Gaussian policy (before the tanh squash).
-    -1.0 (std 0.37) explores around the warm start; the earlier -0.5 (std 0.61, kept by
-    ``cpl-paper``) scattered the candidates so far that on ResNet-20 no search improved
-    on its warm start (docs/RESULTS.md, cpl ablation)."""
+    ``None`` (default): -1.0 (std 0.37) for channel budgets, -2.0 (std 0.14) for weight
+    budgets, which keep a few percent of most layers, where a wider step changes a
+    layer's kept weights by half. The earlier -0.5 (std 0.61, kept by ``cpl-paper``)
+    scattered the candidates so far that on ResNet-20 no search improved on its warm
+    start; at -1.0 none did on ResNet-20's weight budget (docs/RESULTS.md, cpl
+    ablation)."""
     init_action: float | None = None
     """Action (in the env's units, e.g. a prune ratio) the policy's mean starts at;
     ``None`` (default) starts mid-range. Starting at the uniform ratio that just meets
@@ -705,7 +710,7 @@ class CPL(Searcher):
                 dims["obs_dim"],
                 dims["act_dim"],
                 cfg.hidden_sizes,
-                cfg.log_std_init,
+                default_log_std(cfg.log_std_init, dims["granularity"]),
                 self.torch_gen,
             )
             self.critics = Critics(dims["obs_dim"], m, cfg.hidden_sizes, self.torch_gen)
@@ -734,6 +739,18 @@ class CPL(Searcher):
             head.bias.copy_(torch.as_tensor(np.arctanh(z), dtype=head.bias.dtype))
 
 
+#: ``CPLConfig.log_std_init`` when it is ``None``, by the space's granularity
+#: (docs/RESULTS.md, cpl ablation).
+LOG_STD_BY_GRANULARITY = {"channel": -1.0, "weight": -2.0}
+
+
+def default_log_std(log_std_init: float | None, granularity: str) -> float:
+    """``log_std_init``, or the default for ``granularity`` when it is ``None``."""
+    if log_std_init is not None:
+        return float(log_std_init)
+    return LOG_STD_BY_GRANULARITY.get(granularity, LOG_STD_BY_GRANULARITY["channel"])
+
+
 def _env_dims(env: PruningEnv) -> dict[str, Any]:
     """The sizes the agent needs from the env contract, with clear errors if absent."""
     obs_space, act_space = env.observation_space, env.action_space
@@ -757,6 +774,7 @@ def _env_dims(env: PruningEnv) -> dict[str, Any]:
         # plain lists keep the state loadable with torch.load(weights_only=True)
         "action_low": np.asarray(act_space.low, dtype=np.float64).tolist(),
         "action_high": np.asarray(act_space.high, dtype=np.float64).tolist(),
+        "granularity": str(getattr(getattr(env, "space", None), "granularity", "channel")),
     }
 
 
