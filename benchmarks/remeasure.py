@@ -1,6 +1,8 @@
 """Re-measure pruned models in fresh processes, as a user checking a budget later would.
 
     python -m benchmarks.remeasure BUNDLE_DIR     # one fresh measurement, JSON on stdout
+    python -m benchmarks.remeasure --models A.pt,B.pt --budget "ort_latency_ms<=0.0359" \
+        [--input-shape 1,1,28,28] [--times 20]    # every value, fresh process by process
 
 A budget on a measured cost (latency) is only kept if the returned model passes the
 *next* measurement too, in another process, not just the one that accepted it.
@@ -56,14 +58,13 @@ def measure_bundle(folder: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def fresh_checks(models: dict[str, nn.Module], bound: BoundBudget, granularity: str,
-                 times: int = 20) -> dict[str, Any]:
-    """Measure every model in ``times`` fresh processes: ``{"passed": {name: count},
-    "worst": {name: {cost: largest value / limit}}, "times": times}``."""
+def fresh_values(models: dict[str, nn.Module], bound: BoundBudget, granularity: str,
+                 times: int = 20) -> list[dict[str, dict[str, float]]]:
+    """Every model's costs measured once in each of ``times`` fresh processes, in order:
+    one ``{model: {cost: value}}`` per process."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONWARNINGS="ignore")
-    passed = dict.fromkeys(models, 0)
-    worst: dict[str, dict[str, float]] = {m: {} for m in models}
+    out = []
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
         save_bundle(folder, models, bound, granularity)
@@ -71,21 +72,62 @@ def fresh_checks(models: dict[str, nn.Module], bound: BoundBudget, granularity: 
             proc = subprocess.run([sys.executable, "-m", "benchmarks.remeasure", str(folder)],
                                   cwd=ROOT, env=env, capture_output=True, text=True,
                                   check=True)
-            values = json.loads(proc.stdout.strip().splitlines()[-1])
-            for name, vals in values.items():
-                passed[name] += int(all(vals[n] <= bound.limits[n] for n in bound.names))
-                for n in bound.names:
-                    r = vals[n] / bound.limits[n]
-                    worst[name][n] = max(worst[name].get(n, 0.0), r)
+            out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def fresh_checks(models: dict[str, nn.Module], bound: BoundBudget, granularity: str,
+                 times: int = 20) -> dict[str, Any]:
+    """Measure every model in ``times`` fresh processes: ``{"passed": {name: count},
+    "worst": {name: {cost: largest value / limit}}, "times": times}``."""
+    passed = dict.fromkeys(models, 0)
+    worst: dict[str, dict[str, float]] = {m: {} for m in models}
+    for values in fresh_values(models, bound, granularity, times):
+        for name, vals in values.items():
+            passed[name] += int(all(vals[n] <= bound.limits[n] for n in bound.names))
+            for n in bound.names:
+                r = vals[n] / bound.limits[n]
+                worst[name][n] = max(worst[name].get(n, 0.0), r)
     return {"passed": passed, "worst": worst, "times": times}
 
 
+def check_saved(paths: list[str], budget: str, input_shape: str, times: int) -> int:
+    """Measure saved models (``pruned.pt`` of run directories) in ``times`` fresh
+    processes against the absolute ``budget`` and print every value, then the count of
+    processes where every limit held, per model."""
+    shape = tuple(int(v) for v in input_shape.split(","))
+    ex = torch.zeros(shape)
+    b = api.budget_for(budget, "channel")
+    limits = {c.name: float(c.resolve(1.0)) for c in b}
+    bound = BoundBudget.from_dict(b, {"budget": budget, "original": limits,
+                                      "limits": limits}, ex)
+    models = {p: train.load_checkpoint(p)[0].eval() for p in paths}
+    runs = fresh_values(models, bound, "channel", times)
+    for name in models:
+        vals = [r[name] for r in runs]
+        held = sum(all(v[n] <= bound.limits[n] for n in bound.names) for v in vals)
+        print(json.dumps({"model": name, "held": f"{held}/{times}", "values": {
+            n: [round(v[n], 5) for v in vals] for n in bound.names}}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m benchmarks.remeasure BUNDLE_DIR", file=sys.stderr)
-        return 2
-    print(json.dumps(measure_bundle(Path(args[0]))))
+    import argparse
+
+    ap = argparse.ArgumentParser(description="re-measure pruned models in fresh processes")
+    ap.add_argument("bundle", nargs="?", help="a bundle folder: measure it once (internal)")
+    ap.add_argument("--models", help="comma-separated saved models (pruned.pt files)")
+    ap.add_argument("--budget", help="absolute limits, e.g. ort_latency_ms<=0.0359")
+    ap.add_argument("--input-shape", default="1,1,28,28", help="example input shape")
+    ap.add_argument("--times", type=int, default=20, help="fresh processes")
+    args = ap.parse_args(argv)
+    if args.models:
+        if not args.budget:
+            ap.error("--models needs --budget")
+        return check_saved(args.models.split(","), args.budget, args.input_shape, args.times)
+    if not args.bundle:
+        ap.error("give a bundle folder or --models")
+    print(json.dumps(measure_bundle(Path(args.bundle))))
     return 0
 
 
