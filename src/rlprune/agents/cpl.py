@@ -103,11 +103,11 @@ class CPLConfig:
     log_std_init: float | None = None
     """Initial state-independent log std of the Gaussian policy (before the tanh squash).
     ``None`` (default): -1.0 (std 0.37) for channel budgets, -2.0 (std 0.14) for weight
-    budgets, which keep a few percent of most layers, where a wider step changes a
-    layer's kept weights by half. The earlier -0.5 (std 0.61, kept by ``cpl-paper``)
-    scattered the candidates so far that on ResNet-20 no search improved on its warm
-    start; at -1.0 none did on ResNet-20's weight budget (docs/RESULTS.md, cpl
-    ablation)."""
+    budgets, which keep a few percent of most layers, where a step of -1.0's width
+    changes a layer's kept weights by about two thirds. The earlier -0.5 (std 0.61,
+    kept by ``cpl-paper``) scattered the candidates so far that on ResNet-20 no search
+    improved on its warm start; at -1.0 none did on ResNet-20's weight budget
+    (docs/RESULTS.md, cpl ablation)."""
     init_action: float | None = None
     """Action (in the env's units, e.g. a prune ratio) the policy's mean starts at;
     ``None`` (default) starts mid-range. Starting at the uniform ratio that just meets
