@@ -162,7 +162,20 @@ class CPLConfig:
     (regressed onto it), so the search begins where the heuristics end. ``False`` for
     the paper's start (mid-range). Needs a ``PruningEnv``; other envs start mid-range."""
 
+    polish: float = 0.0
+    """Fraction of the episodes spent, at the end, on local search around the best
+    candidate instead of on PPO episodes (0: none, the paper's search). Each proposal
+    multiplies the best candidate's keep ratios by ``exp(step * N(0, 1))`` per entry and
+    is moved onto the budget's boundary; ``step`` starts at ``polish_step`` and adapts
+    (x1.5 after an improvement, x0.85 otherwise)."""
+    polish_step: float = 0.1
+
     def __post_init__(self) -> None:
+        if not (0.0 <= float(self.polish) < 1.0):
+            raise ValueError(f"polish is a fraction of the episodes in [0, 1), got "
+                             f"{self.polish!r}")
+        if not float(self.polish_step) > 0.0:
+            raise ValueError(f"polish_step must be > 0, got {self.polish_step!r}")
         if self.lagrangian not in ("gradient", "pid"):
             raise ValueError(
                 f"lagrangian={self.lagrangian!r} is not supported; use 'gradient' or 'pid'"
@@ -449,19 +462,23 @@ class CPL(Searcher):
         # ``rollout_steps`` per candidate proposed together, as with the authors'
         # vectorised envs (128 steps per env), so that a batch fills the workers
         parallel = max(1, int(getattr(getattr(env, "evaluator", None), "parallel", 1)))
+        # the last ``polish`` share of the episodes searches around the best candidate
+        n_polish = (int(round(total * cfg.polish))
+                    if hasattr(env, "evaluator") and total > 3 else 0)
+        ppo_total = total - n_polish
         eps_per_rollout = parallel * max(1, math.ceil(cfg.rollout_steps
                                                       / self.dims["episode_steps"]))
         if cfg.min_updates > 0:
-            eps_per_rollout = max(1, min(eps_per_rollout, total // cfg.min_updates))
+            eps_per_rollout = max(1, min(eps_per_rollout, ppo_total // cfg.min_updates))
         history = getattr(env, "evaluator", env).history
         if cfg.warm_start and hasattr(env, "evaluator") and total > 3:
             self._warm_start(env)
         obs, _ = env.reset(seed=self.seed)
-        while self.episode < total:
+        while self.episode < ppo_total:
             # 1. rollout of whole episodes with the current policy and multipliers
             history.tags["multipliers"] = [float(v) for v in self.nu]
             batch, obs = self._collect_rollout(env, obs, min(eps_per_rollout,
-                                                             total - self.episode))
+                                                             ppo_total - self.episode))
             # 2. multipliers from the measured mean episode costs
             mean_costs = batch["episode_costs"].mean(axis=0)
             if self.pid is not None:
@@ -471,6 +488,8 @@ class CPL(Searcher):
             # 3. PPO update of policy and critics with the new multipliers
             with one_thread():
                 self._ppo_update(batch)
+        if self.episode < total:
+            self._polish(env, total)
 
     def _result_extra(self, env: PruningEnv) -> dict[str, Any]:
         return {"multipliers": [float(v) for v in self.nu], "timesteps": self.timesteps}
@@ -498,6 +517,45 @@ class CPL(Searcher):
         env.episode = self.episode
         if best is not None:
             self._imitate(env.observations(best.policy), np.asarray(best.policy))
+
+    def _polish(self, env: PruningEnv, total: int) -> None:
+        """Local search around the best candidate until ``total`` episodes are spent.
+
+        Proposals perturb the best candidate's keep ratios multiplicatively (so a layer
+        that keeps 5% moves by about as large a share as one that keeps 50%) and are
+        moved onto the budget's boundary (:meth:`~rlprune.evaluate.Evaluator.repair`);
+        ``Evaluator.parallel`` of them are proposed and scored together. The step grows
+        after a batch that improved on the best and shrinks after one that did not.
+        Draws come from the agent's generator, so a resumed run proposes the same ones.
+        """
+        cfg = self.config
+        ev = env.evaluator
+        history = ev.history
+        floor = 1.0 - np.asarray(env.max_ratios, dtype=np.float64)
+        step = float(cfg.polish_step)
+        history.tags["polish"] = True
+        try:
+            while self.episode < total:
+                best = history.best
+                if best is None:  # nothing feasible to polish: PPO has nothing to offer either
+                    break
+                keep = 1.0 - np.asarray(best.policy, dtype=np.float64)
+                n = min(max(1, int(ev.parallel)), total - self.episode)
+                props = []
+                for _ in range(n):
+                    k = np.clip(keep * np.exp(step * self.np_rng.standard_normal(keep.shape)),
+                                floor, 1.0)
+                    props.append(ev.repair(1.0 - k, "boundary")[0])
+                if n > 1 or ev.workers is not None:
+                    ev.prefetch(props, [self.episode + i for i in range(n)])
+                for pol in props:
+                    cand = ev.evaluate(pol, episode=self.episode)
+                    self._episode_end(env, cand.reward, polish=True)
+                improved = history.best is not best
+                step = float(np.clip(step * (1.5 if improved else 0.85), 0.01, 1.0))
+        finally:
+            del history.tags["polish"]
+            env.episode = self.episode
 
     def _imitate(self, obs: np.ndarray, actions: np.ndarray, steps: int = 300) -> None:
         """Regress the policy's mean onto ``actions`` (env units) at ``obs``."""
