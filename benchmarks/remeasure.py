@@ -10,7 +10,8 @@ A budget on a measured cost (latency) is only kept if the returned model passes 
 absolute limits, never re-resolved) and the example input into a bundle, then starts
 ``times`` fresh Python processes one after another; each loads the bundle, measures
 every constraint of every model once and prints the values. It returns, per model,
-in how many of those processes every constraint held.
+in how many of those processes every constraint held; given the unpruned model as well,
+it also says in which processes the machine itself ran slower than at the run's start.
 """
 
 from __future__ import annotations
@@ -76,19 +77,49 @@ def fresh_values(models: dict[str, nn.Module], bound: BoundBudget, granularity: 
     return out
 
 
+#: The probe's name in a bundle: the unpruned model, measured in every fresh process.
+ORIGINAL = "(original)"
+#: A fresh process ran at the run's speed when the unpruned model measured at most this
+#: much above its value at the run's start (every noisy cost).
+SPEED_TOLERANCE = 0.10
+
+
 def fresh_checks(models: dict[str, nn.Module], bound: BoundBudget, granularity: str,
-                 times: int = 20) -> dict[str, Any]:
+                 times: int = 20, original: nn.Module | None = None) -> dict[str, Any]:
     """Measure every model in ``times`` fresh processes: ``{"passed": {name: count},
-    "worst": {name: {cost: largest value / limit}}, "times": times}``."""
+    "worst": {name: {cost: largest value / limit}}, "times": times}``.
+
+    With ``original`` (the unpruned model) each process measures it too, as a probe of
+    the machine's speed at that moment: ``"slowdown"`` lists, per process, the largest
+    ratio of its noisy costs to their values at the run's start (``bound.original``),
+    ``"normal"`` counts the processes within :data:`SPEED_TOLERANCE` of them and
+    ``"passed_normal"`` how many of those each model held in. A process whose unpruned
+    model runs 30% slower than at the start measures the machine, not the pruned model.
+    """
+    probe = {ORIGINAL: original} if original is not None else {}
     passed = dict.fromkeys(models, 0)
+    passed_normal = dict.fromkeys(models, 0)
     worst: dict[str, dict[str, float]] = {m: {} for m in models}
-    for values in fresh_values(models, bound, granularity, times):
+    slowdown: list[float] = []
+    for values in fresh_values({**models, **probe}, bound, granularity, times):
+        normal = True
+        if probe:
+            orig = values.pop(ORIGINAL)
+            slow = max((orig[n] / bound.original[n] for n in bound.noisy_names), default=1.0)
+            slowdown.append(slow)
+            normal = slow <= 1.0 + SPEED_TOLERANCE
         for name, vals in values.items():
-            passed[name] += int(all(vals[n] <= bound.limits[n] for n in bound.names))
+            held = all(vals[n] <= bound.limits[n] for n in bound.names)
+            passed[name] += int(held)
+            passed_normal[name] += int(held and normal)
             for n in bound.names:
                 r = vals[n] / bound.limits[n]
                 worst[name][n] = max(worst[name].get(n, 0.0), r)
-    return {"passed": passed, "worst": worst, "times": times}
+    out: dict[str, Any] = {"passed": passed, "worst": worst, "times": times}
+    if probe:
+        out.update(slowdown=slowdown, passed_normal=passed_normal,
+                   normal=sum(s <= 1.0 + SPEED_TOLERANCE for s in slowdown))
+    return out
 
 
 def check_saved(paths: list[str], budget: str, input_shape: str, times: int) -> int:

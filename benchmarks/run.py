@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"re-measuring {len(rows)} models in {FRESH_TIMES} fresh processes",
               file=sys.stderr)
         fresh = fresh_mod.fresh_checks({r["method"]: r["model"] for r in rows}, bound,
-                                       cfg.granularity, times=FRESH_TIMES)
+                                       cfg.granularity, times=FRESH_TIMES, original=original)
 
     if args.no_append:
         plot_path = Path(cfg.out or ".") / "search-spend.png"
@@ -358,7 +358,13 @@ def main(argv: list[str] | None = None) -> int:
                         for n in bound.noisy_names if n in bound.original_spread)
             + f"); \"fresh\": of {FRESH_TIMES} fresh processes measuring the saved model "
             "once each, how many found every constraint within its limit (worst value / "
-            "limit in brackets)")
+            "limit in brackets), then the same count over the processes that ran at the "
+            f"run's speed (the unpruned model, measured in each, within "
+            f"{fresh_mod.SPEED_TOLERANCE:.0%} of its value at the start)"
+            + (f"; the unpruned model measured {min(fresh['slowdown']):.2f}-"
+               f"{max(fresh['slowdown']):.2f} x its value at the start, "
+               f"{fresh['normal']} of {FRESH_TIMES} processes within "
+               f"{fresh_mod.SPEED_TOLERANCE:.0%}" if fresh else ""))
     lines += [f"- search curves: ![best feasible accuracy vs spend](plots/{plot_path.name})"
               if not args.no_append else f"- search curves: {plot_path}", ""]
     # the budget's constraints only; costs reported alongside have no limit to meet
@@ -385,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         cells.append("yes" if all(ok for _, _, ok in r["remeasured"].values()) else "NO")
         if fresh:
             worst = max(fresh["worst"][r["method"]].values())
-            cells.append(f"{fresh['passed'][r['method']]}/{fresh['times']} ({worst:.3f})")
+            cells.append(f"{fresh['passed'][r['method']]}/{fresh['times']} ({worst:.3f}); "
+                         f"{fresh['passed_normal'][r['method']]}/{fresh['normal']}")
         evals = (f"{r['models_measured']} ({r['scored']} scored)" if r.get("peer")
                  else str(r["evaluations"]))
         passes = f"{r['reward_samples']:,}" + ("" if r.get("spend_exact", True) else " (est.)")

@@ -402,3 +402,32 @@ def test_exploration_width_defaults_by_granularity_and_follows_an_override():
         seen[key] = float(searcher.policy.log_std.detach()[0])
     assert seen == {"weight": -2.0, "channel": -1.0, "override": pytest.approx(-1.2),
                     "paper": -0.5}
+
+
+def test_polish_spends_the_last_episodes_near_the_best_candidate(trained_digits_cnn, digits):
+    """``polish=0.5`` spends the second half of the episodes on perturbations of the best
+    candidate, each moved onto the budget's boundary; the same seed proposes the same."""
+    from rlprune import api
+    from rlprune.costs import Budget
+
+    bound = Budget.parse("params<=0.3").bind(trained_digits_cnn, digits.example_input(1))
+
+    def run():
+        env = api.make_env(trained_digits_cnn, digits, bound, "cpl")
+        return CPL(episodes=12, seed=0, progress=False, polish=0.5).search(env), env
+
+    result, env = run()
+    cands = result.history.candidates
+    assert len(cands) == 12 and result.extra["episodes"] == 12
+    polished = [c for c in cands if c.extra.get("polish")]
+    assert [c.index for c in polished] == list(range(6, 12))
+    for c in polished:
+        assert c.feasible and 0.97 < max(c.cost_ratios) <= 1.0  # on the boundary
+        # near a candidate scored before it: no keep ratio moved by more than a factor 3
+        before = [np.asarray(p.policy) for p in cands[:c.index] if p.feasible]
+        keep = 1.0 - np.asarray(c.policy)
+        assert min(np.max(np.abs(np.log(keep / np.maximum(1.0 - b, 1e-9)))) for b in before) < 1.1
+    again, _ = run()
+    assert [c.policy for c in again.history.candidates] == [c.policy for c in cands]
+    with pytest.raises(ValueError, match="polish is a fraction"):
+        CPLConfig(polish=1.0)

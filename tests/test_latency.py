@@ -95,13 +95,41 @@ def test_latency_variants_by_name() -> None:
     assert ort_cost.fn == LatencyMeter("onnxruntime", batch_size=4, num_threads=2)
     assert torch_cost.fn == LatencyMeter("torch", batch_size=3, num_threads=1)
     assert ort_cost.noisy and ort_cost.unit == "ms"
-    assert ort_cost.settings == "ONNX Runtime CPU, batch 4, 2 threads, median of 7"
-    assert costs.get_cost("latency_ms").settings == "PyTorch CPU, batch 1, 1 thread, median of 7"
+    assert ort_cost.settings == "ONNX Runtime CPU, batch 4, 2 threads, fastest of 20 windows"
+    assert (costs.get_cost("latency_ms").settings
+            == "PyTorch CPU, batch 1, 1 thread, fastest of 20 windows")
     assert costs.get_cost("latency_t8_ms").fn == LatencyMeter("torch", num_threads=8)
     assert costs.get_cost("params").settings == ""
     for bad in ("latency_b0_ms<=1", "ort_latency_x_ms<=1"):
         with pytest.raises(ValueError, match="latency_b<N>_t<N>_ms"):
             Budget.parse(bad)
+
+
+class Bursty(nn.Module):
+    """A model whose calls alternate between 1 ms and 25 ms: a machine with bursts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        self.calls += 1
+        time.sleep(0.025 if self.calls % 2 else 0.001)
+        return x
+
+
+def test_latency_is_the_fastest_window_unless_the_median_is_asked_for() -> None:
+    x = torch.randn(1, 4)
+    # one call per window (min_repeat_s=0), 6 windows alternating 25 ms and 1 ms
+    fastest = costs.measure_latency_ms(Bursty(), x, repeats=6, min_repeat_s=0.0)
+    median = costs.measure_latency_ms(Bursty(), x, repeats=6, min_repeat_s=0.0,
+                                      statistic="median")
+    assert fastest < 10.0 < median
+    assert LatencyMeter(statistic="median").describe().endswith("median of 20 windows")
+    with pytest.raises(ValueError, match="statistic must be one of min, median"):
+        LatencyMeter(statistic="mean")
 
 
 # ------------------------------------------------------------------ latency tables

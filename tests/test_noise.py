@@ -280,6 +280,27 @@ def test_fresh_process_checks_count_the_processes_where_every_limit_held() -> No
     assert out["worst"]["original"]["params"] == pytest.approx(1 / 0.6)
 
 
+def test_fresh_checks_probe_the_machine_speed_with_the_unpruned_model() -> None:
+    """Given the unpruned model, each fresh process measures it too: a process where it
+    runs slower than at the run's start (here: than a stored value far below any real
+    latency) is not counted as one at the run's speed."""
+    import torch
+    from benchmarks import remeasure
+
+    from rlprune.costs import BoundBudget
+
+    ex = torch.randn(1, 6)
+    original = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    budget = Budget.parse("latency_ms<=1000")  # one second: every process holds
+    for start_ms, normal in ((1e6, 1), (1e-9, 0)):
+        bound = BoundBudget(budget, {"latency_ms": start_ms}, ex)
+        out = remeasure.fresh_checks({"m": original}, bound, "channel", times=1,
+                                     original=original)
+        assert out["passed"] == {"m": 1}
+        assert len(out["slowdown"]) == 1 and out["normal"] == normal
+        assert out["passed_normal"] == {"m": normal}
+
+
 def test_a_final_check_lost_to_noise_keeps_the_search_for_resume(
     trained_digits_cnn: nn.Module, jitter: Jitter, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch
