@@ -527,8 +527,9 @@ class LatencyMeter:
 
     ``runtime`` is ``"torch"`` (:func:`measure_latency_ms`) or ``"onnxruntime"``
     (:func:`measure_ort_latency_ms`); ``batch_size``, ``num_threads``, ``repeats``,
-    ``min_repeat_s`` and ``statistic`` are passed to it. Being a plain frozen dataclass, a meter pickles,
-    compares by its settings, and tells reports how it measures (:meth:`describe`).
+    ``min_repeat_s`` and ``statistic`` are passed to it. Being a plain frozen
+    dataclass, a meter pickles, compares by its settings, and tells reports how it
+    measures (:meth:`describe`).
     Build one with :func:`latency_cost` or :func:`ort_latency_cost`.
     """
 
