@@ -127,6 +127,9 @@ def test_latency_is_the_fastest_window_unless_the_median_is_asked_for() -> None:
     median = costs.measure_latency_ms(Bursty(), x, repeats=6, min_repeat_s=0.0,
                                       statistic="median")
     assert fastest < 10.0 < median
+    # the windows those two summarise, in order (warm-up calls excluded)
+    win = costs.latency_windows(Bursty(), x, repeats=6, min_repeat_s=0.0)
+    assert len(win) == 6 and min(win[0::2]) > 20.0 and max(win[1::2]) < 10.0
     assert LatencyMeter(statistic="median").describe().endswith("median of 20 windows")
     with pytest.raises(ValueError, match="statistic must be one of min, median"):
         LatencyMeter(statistic="mean")

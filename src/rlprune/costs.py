@@ -82,6 +82,7 @@ __all__ = [
     "layer_macs",
     "measure_latency_ms",
     "measure_ort_latency_ms",
+    "latency_windows",
     "latency_cost",
     "ort_latency_cost",
     "LatencyMeter",
@@ -390,9 +391,17 @@ def measure_latency_ms(
     statistic"); the median is what the model sees under the machine's load of the
     moment. The value is still noisy: budgets re-check it.
     """
+    _check_timing(batch_size, num_threads, repeats, statistic)
+    times = _torch_windows(model, example_input, batch_size, num_threads, repeats,
+                           min_repeat_s)
+    return _STATISTICS[statistic](times) * 1e3
+
+
+def _torch_windows(model: nn.Module, example_input: ExampleInput, batch_size: int,
+                   num_threads: int, repeats: int, min_repeat_s: float) -> list[float]:
+    """Seconds per call in each of ``repeats`` windows (:func:`measure_latency_ms`)."""
     from torch.utils import benchmark
 
-    _check_timing(batch_size, num_threads, repeats, statistic)
     x1 = _first_sample(example_input)
     if isinstance(x1, torch.Tensor):
         args: tuple[torch.Tensor, ...] = (x1.expand(batch_size, *x1.shape[1:]).contiguous(),)
@@ -404,8 +413,7 @@ def measure_latency_ms(
         )
         once = timer.timeit(2).mean  # warm-up, and a first estimate of one call
         number = max(1, int(min_repeat_s / max(once, 1e-7)))
-        times = [timer.timeit(number).mean for _ in range(repeats)]
-    return _STATISTICS[statistic](times) * 1e3
+        return [timer.timeit(number).mean for _ in range(repeats)]
 
 
 #: How the windows of one latency measurement are summarised (``statistic``).
@@ -501,6 +509,13 @@ def measure_ort_latency_ms(
     ``ValueError`` naming it.
     """
     _check_timing(batch_size, num_threads, repeats, statistic)
+    times = _ort_windows(model, example_input, batch_size, num_threads, repeats, min_repeat_s)
+    return _STATISTICS[statistic](times) * 1e3
+
+
+def _ort_windows(model: nn.Module, example_input: ExampleInput, batch_size: int,
+                 num_threads: int, repeats: int, min_repeat_s: float) -> list[float]:
+    """Seconds per run in each of ``repeats`` windows (:func:`measure_ort_latency_ms`)."""
     args = _batch_of(example_input, batch_size)
     sess = _ort_session(model, args, num_threads)
     by_name = {f"input_{i}": a.numpy() for i, a in enumerate(args)}
@@ -514,11 +529,28 @@ def measure_ort_latency_ms(
 
     once = per_run(2)  # warm-up, and a first estimate of one run
     number = max(1, int(min_repeat_s / max(once, 1e-7)))
-    times = [per_run(number) for _ in range(repeats)]
-    return _STATISTICS[statistic](times) * 1e3
+    return [per_run(number) for _ in range(repeats)]
 
 
 _RUNTIMES = {"torch": measure_latency_ms, "onnxruntime": measure_ort_latency_ms}
+_WINDOWS = {"torch": _torch_windows, "onnxruntime": _ort_windows}
+
+
+def latency_windows(model: nn.Module, example_input: ExampleInput, runtime: str = "torch",
+                    batch_size: int = 1, num_threads: int = 1, repeats: int = 20,
+                    min_repeat_s: float = 0.01) -> list[float]:
+    """Every window a latency measurement times, in order: milliseconds per call.
+
+    What :func:`measure_latency_ms` (``runtime="torch"``) or
+    :func:`measure_ort_latency_ms` (``"onnxruntime"``) summarise into one number, with
+    the same settings; for studying the noise of a machine (``benchmarks/
+    latency_statistic.py``).
+    """
+    if runtime not in _WINDOWS:
+        raise ValueError(f"runtime must be one of {', '.join(_WINDOWS)}, got {runtime!r}")
+    _check_timing(batch_size, num_threads, repeats, "min")
+    return [t * 1e3 for t in _WINDOWS[runtime](model, example_input, batch_size, num_threads,
+                                                repeats, min_repeat_s)]
 
 
 @dataclass(frozen=True)
