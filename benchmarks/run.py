@@ -67,6 +67,8 @@ REFERENCES = {
     "cifar10-resnet20-weight": "Malik et al. (constrained RL): 10% of weights left on "
                                "VGG/ResNet-18 CIFAR-10 with comparable accuracy.",
     "cifar10-multi": "Two constraints at once (one measured); no published counterpart.",
+    "cifar10-multi-table": "cifar10-multi with a latency lookup table in the search; no "
+                           "published counterpart.",
 }
 
 
