@@ -164,7 +164,8 @@ class CPLConfig:
 
     polish: float = 0.0
     """Fraction of the episodes spent, at the end, on local search around the best
-    candidate instead of on PPO episodes (0: none, the paper's search). Each proposal
+    candidate instead of on PPO episodes (0: none, the paper's search; PPO goes on while
+    no candidate is feasible). Each proposal
     multiplies the best candidate's keep ratios by ``exp(step * N(0, 1))`` per entry and
     is moved onto the budget's boundary; ``step`` starts at ``polish_step`` and adapts
     (x1.5 after an improvement, x0.85 otherwise)."""
@@ -474,11 +475,15 @@ class CPL(Searcher):
         if cfg.warm_start and hasattr(env, "evaluator") and total > 3:
             self._warm_start(env)
         obs, _ = env.reset(seed=self.seed)
-        while self.episode < ppo_total:
+        while self.episode < total:
+            if self.episode >= ppo_total and history.best is not None:
+                self._polish(env, total)  # PPO goes on only while nothing is feasible
+                break
             # 1. rollout of whole episodes with the current policy and multipliers
             history.tags["multipliers"] = [float(v) for v in self.nu]
+            end = ppo_total if self.episode < ppo_total else total
             batch, obs = self._collect_rollout(env, obs, min(eps_per_rollout,
-                                                             ppo_total - self.episode))
+                                                             end - self.episode))
             # 2. multipliers from the measured mean episode costs
             mean_costs = batch["episode_costs"].mean(axis=0)
             if self.pid is not None:
@@ -488,8 +493,6 @@ class CPL(Searcher):
             # 3. PPO update of policy and critics with the new multipliers
             with one_thread():
                 self._ppo_update(batch)
-        if self.episode < total:
-            self._polish(env, total)
 
     def _result_extra(self, env: PruningEnv) -> dict[str, Any]:
         return {"multipliers": [float(v) for v in self.nu], "timesteps": self.timesteps}
@@ -535,10 +538,8 @@ class CPL(Searcher):
         step = float(cfg.polish_step)
         history.tags["polish"] = True
         try:
-            while self.episode < total:
+            while self.episode < total and history.best is not None:
                 best = history.best
-                if best is None:  # nothing feasible to polish: PPO has nothing to offer either
-                    break
                 keep = 1.0 - np.asarray(best.policy, dtype=np.float64)
                 n = min(max(1, int(ev.parallel)), total - self.episode)
                 props = []
