@@ -89,7 +89,8 @@ def test_a_relative_noisy_limit_is_resolved_from_the_median_of_many_repeats() ->
     # one wild first measurement (a cold start) must not move the limit
     values = [50.0] + [10.0 + 0.1 * i for i in range(20)]
     b = Budget(custom={"timed": (Sequence_(values), "50%", {"noisy": True, "unit": "ms"})})
-    bound = b.bind(model, rule=NoiseRule(original_repeats=21))
+    with pytest.warns(UserWarning, match="the machine is busy"):  # sd 8.5 of 12.8
+        bound = b.bind(model, rule=NoiseRule(original_repeats=21))
     assert bound.original["timed"] == pytest.approx(float(np.median(values)))
     assert bound.limits["timed"] == pytest.approx(0.5 * float(np.median(values)))
     spread = bound.original_spread["timed"]
@@ -98,6 +99,22 @@ def test_a_relative_noisy_limit_is_resolved_from_the_median_of_many_repeats() ->
     again = BoundBudget.from_dict(b, stored)  # nothing measured: the sequence is not read
     assert again.limits == bound.limits and again.original_spread == bound.original_spread
     assert again.rule == bound.rule
+
+
+def test_binding_on_a_busy_machine_warns() -> None:
+    """A noisy cost of the original that varies by more than 5% of its mean means the
+    machine is busy: the limit resolved now depends on its load, and bind says so."""
+    model = nn.Linear(4, 2)
+    busy = Budget(custom={"timed": (Sequence_([10.0, 12.0] * 5), "50%", {"noisy": True}),
+                          "params_": (count_params, 100.0)})
+    with pytest.warns(UserWarning, match=r"timed of the original model varied by 9\.6%"):
+        busy.bind(model, rule=NoiseRule(original_repeats=10))
+    idle = Budget(custom={"timed": (Sequence_([10.0, 10.2] * 5), "50%", {"noisy": True})})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idle.bind(model, rule=NoiseRule(original_repeats=10))
 
 
 def test_custom_cost_options_are_checked() -> None:

@@ -1068,11 +1068,23 @@ class Budget:
         for c in self._constraints:
             if c.cost.noisy:
                 runs = [c.cost(original, example_input) for _ in range(rule.original_repeats)]
-                spreads[c.name] = rule.spread(runs)
-                values[c.name] = spreads[c.name].median
+                spreads[c.name] = sp = rule.spread(runs)
+                values[c.name] = sp.median
+                if sp.n > 1 and sp.relative_sd > BUSY_RELATIVE_SD:
+                    warnings.warn(
+                        f"{c.name} of the original model varied by {sp.relative_sd:.1%} "
+                        f"(standard deviation over {sp.n} measurements): the machine is "
+                        "busy, and a limit resolved now, and the checks against it, "
+                        "depend on its load; time latency budgets on an idle machine",
+                        stacklevel=2)
             else:
                 values[c.name] = c.cost(original, example_input)
         return BoundBudget(self, values, example_input, rule=rule, original_spread=spreads)
+
+
+#: :meth:`Budget.bind` warns when a noisy cost of the original varies by more than this
+#: share of its mean (an idle machine: about 1% for ``latency_ms``; docs/RESULTS.md).
+BUSY_RELATIVE_SD = 0.05
 
 
 class BoundBudget:
