@@ -542,9 +542,10 @@ def latency_windows(model: nn.Module, example_input: ExampleInput, runtime: str 
     """Every window a latency measurement times, in order: milliseconds per call.
 
     What :func:`measure_latency_ms` (``runtime="torch"``) or
-    :func:`measure_ort_latency_ms` (``"onnxruntime"``) summarise into one number, with
-    the same settings; for studying the noise of a machine (``benchmarks/
-    latency_statistic.py``).
+    :func:`measure_ort_latency_ms` (``"onnxruntime"``) summarise into one number, for
+    studying the noise of a machine (``benchmarks/latency_statistic.py``). ``model``,
+    ``example_input``, ``batch_size``, ``num_threads``, ``repeats`` (the number of
+    windows) and ``min_repeat_s`` (each window's least duration) are as there.
     """
     if runtime not in _WINDOWS:
         raise ValueError(f"runtime must be one of {', '.join(_WINDOWS)}, got {runtime!r}")

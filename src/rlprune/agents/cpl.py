@@ -170,6 +170,8 @@ class CPLConfig:
     is moved onto the budget's boundary; ``step`` starts at ``polish_step`` and adapts
     (x1.5 after an improvement, x0.85 otherwise)."""
     polish_step: float = 0.1
+    """The polish phase's first step: the standard deviation of the log keep-ratio
+    perturbations (0.1: about 10% of each entry's kept share)."""
 
     def __post_init__(self) -> None:
         if not (0.0 <= float(self.polish) < 1.0):
