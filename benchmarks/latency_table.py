@@ -8,7 +8,8 @@ PyTorch; ``ort_latency_ms``: ONNX Runtime; both at batch 1, one thread):
    and time the build;
 2. draw 50 random channel-pruning policies (each entry's ratio uniform in
    ``[0, max_ratio]``, fixed seed), measure each pruned model for real (three passes
-   over the 50, median of the three; each measurement is itself a median of 7) and
+   over the 50, median of the three; each measurement is the cost's own, the fastest
+   of 20 windows) and
    predict it with the table; print the median and worst absolute error in % of the
    measured value, the mean signed error, the noise floor (how far the first two
    passes' measurements of the same model differ) and the drift (how much slower the
