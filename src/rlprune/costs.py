@@ -386,7 +386,7 @@ def measure_latency_ms(
     ``repeats`` windows times enough calls to last about ``min_repeat_s``, and the
     per-call time of the fastest window (``statistic="min"``) or the median window
     (``"median"``) is returned. Other processes only ever add time, in bursts that last
-    from a few milliseconds to seconds, so the fastest window is the most repeatable
+    from milliseconds to minutes, so the fastest window is the most repeatable
     estimate of what the model itself costs (docs/RESULTS.md, "Which latency
     statistic"); the median is what the model sees under the machine's load of the
     moment. The value is still noisy: budgets re-check it.
