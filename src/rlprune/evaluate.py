@@ -248,28 +248,6 @@ class Evaluator:
         self.spent["reward_samples"] += len(split)
         return top1(model, split, batch_size=self.options.eval_batch_size)
 
-    @property
-    def scoring_samples(self) -> int:
-        """How many reward-split samples score a candidate (``reward_samples`` or all)."""
-        return len(self._reward)
-
-    def probe(self, policy: Sequence[float] | np.ndarray, samples: int | None = None
-              ) -> tuple[float, np.ndarray]:
-        """Reward-split accuracy of ``policy`` on the first ``samples`` scoring samples
-        (``None``: all) and its cost ratios; nothing is recorded in the history.
-
-        For measurements a method takes besides its candidates (e.g. the per-layer
-        sensitivity of :mod:`rlprune.sensitivity`): the model is built as a candidate's
-        is (BatchNorm re-estimated, no in-search fine-tune) and the samples scored count
-        in :attr:`spent`.
-        """
-        pruned = self.build(self._clip(policy), finetune=False)
-        ratios = np.asarray(self.bound.ratios(pruned), dtype=np.float64)
-        split = self._reward if samples is None else self._reward.head(
-            min(int(samples), len(self._reward)))
-        self.spent["reward_samples"] += len(split)
-        return top1(pruned, split, batch_size=self.options.eval_batch_size), ratios
-
     def score_model(self, model: nn.Module) -> tuple[nn.Module, Candidate]:
         """Score a model pruned elsewhere (e.g. by another library) as a candidate is.
 

@@ -59,7 +59,6 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from rlprune import sensitivity
 from rlprune.agents.base import Searcher, make_config, register_method
 
 if TYPE_CHECKING:
@@ -163,17 +162,6 @@ class CPLConfig:
     (regressed onto it), so the search begins where the heuristics end. ``False`` for
     the paper's start (mid-range). Needs a ``PruningEnv``; other envs start mid-range."""
 
-    sensitivity: bool = False
-    """Add a fourth warm-start allocation built from a per-layer sensitivity analysis
-    (:mod:`rlprune.sensitivity`): every entry pruned alone to 25/50/75/100% of its
-    largest ratio and scored on ``sensitivity_samples`` reward samples, then the
-    allocation minimising the summed accuracy losses for the budget. It costs
-    ``4 T + 1`` scored models (no candidate evaluations; counted in the search's
-    ``spent``), and the curves go to ``SearchResult.extra["sensitivity"]``. Needs
-    ``warm_start``."""
-    sensitivity_samples: int = 250
-    """Reward samples each sensitivity probe is scored on (the first ones)."""
-
     polish: float = 0.0
     """Fraction of the episodes spent, at the end, on local search around the best
     candidate instead of on PPO episodes (0: none, the paper's search; PPO goes on while
@@ -189,9 +177,6 @@ class CPLConfig:
         if not (0.0 <= float(self.polish) < 1.0):
             raise ValueError(f"polish is a fraction of the episodes in [0, 1), got "
                              f"{self.polish!r}")
-        if int(self.sensitivity_samples) < 1:
-            raise ValueError(f"sensitivity_samples must be >= 1, got "
-                             f"{self.sensitivity_samples!r}")
         if not float(self.polish_step) > 0.0:
             raise ValueError(f"polish_step must be > 0, got {self.polish_step!r}")
         if self.lagrangian not in ("gradient", "pid"):
@@ -461,7 +446,6 @@ class CPL(Searcher):
         self.limits = np.zeros(0)
         self.dims: dict[str, Any] = {}
         self.timesteps = 0
-        self._sensitivity: list[dict[str, Any]] | None = None
 
     def _total_episodes(self, env: PruningEnv) -> int:
         if self.config.total_timesteps is not None:
@@ -513,11 +497,7 @@ class CPL(Searcher):
                 self._ppo_update(batch)
 
     def _result_extra(self, env: PruningEnv) -> dict[str, Any]:
-        extra: dict[str, Any] = {"multipliers": [float(v) for v in self.nu],
-                                 "timesteps": self.timesteps}
-        if self._sensitivity is not None:
-            extra["sensitivity"] = self._sensitivity
-        return extra
+        return {"multipliers": [float(v) for v in self.nu], "timesteps": self.timesteps}
 
     def _warm_start(self, env: PruningEnv) -> None:
         """Score the heuristics' allocations, then regress the policy mean onto the best."""
@@ -527,12 +507,6 @@ class CPL(Searcher):
         best = None
         heuristics = heuristic_policies(env)
         ev = env.evaluator
-        if self.config.sensitivity:
-            caps = np.asarray(env.max_ratios, dtype=np.float64)
-            sens = sensitivity.measure(ev, samples=self.config.sensitivity_samples,
-                                       caps=caps)
-            heuristics["sensitivity"] = sensitivity.allocate(ev, sens, caps=caps)
-            self._sensitivity = sens.summary()
         if ev.parallel > 1 or ev.workers is not None:  # scored together, recorded in order
             ev.prefetch(list(heuristics.values()),
                         [self.episode + i for i in range(len(heuristics))])
