@@ -13,7 +13,8 @@ the first 1000 reward-split samples (digits: the whole split); each line reports
 returned model's accuracy on the *whole* reward split before fine-tuning. A variant is
 ``METHOD[:OPT+OPT...]`` with options ``none``/``project``/``boundary`` (the env's
 ``repair``), ``norace`` (every candidate scored on every reward sample), ``nowarm``
-(cpl's ``warm_start=False``), ``init=R`` (cpl's ``init_action``) or ``NAME=VALUE`` (any
+(cpl's ``warm_start=False``), ``init=R`` (cpl's ``init_action``), ``a_max=R`` (the env's
+largest prune ratio per layer, as AMC bounds its actions) or ``NAME=VALUE`` (any
 option of the method).
 """
 
@@ -49,6 +50,8 @@ def _variant(spec: str) -> tuple[str, dict, dict]:
             env_kw["race_z"] = None
         elif o == "nowarm":
             method_kw["warm_start"] = False
+        elif o.startswith("a_max="):
+            env_kw["a_max"] = float(o[6:])
         elif o.startswith("init="):
             method_kw["init_action"] = float(o[5:])
         elif "=" in o:
