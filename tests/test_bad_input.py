@@ -8,6 +8,9 @@ apply (a custom cost function, user tensors, a user module), the Python API rais
 clear ``ValueError``/``TypeError``. Writes interrupted at any moment leave the previous
 complete file or the new complete file.
 
+``RLPRUNE_RECORD_ERRORS=FILE`` appends every command-line case and the line it printed
+to ``FILE`` (test id, a tab, the line): the list of cases the documentation quotes.
+
 Everything runs on the bundled digits and the session's trained ``digits_cnn``; the few
 complete runs are 2-episode ``uniform`` searches without ONNX or plots, and the
 hypothesis tests parse budget strings and call cost functions only.
@@ -74,6 +77,11 @@ def error_line(rc: int, err: str, *fragments: str) -> str:
     assert line.startswith("rlprune: error: "), line
     for fragment in fragments:
         assert fragment in line, f"{fragment!r} not in {line!r}"
+    record = os.environ.get("RLPRUNE_RECORD_ERRORS")
+    if record:  # the list of every case and its line, for the documentation
+        case = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+        with open(record, "a", encoding="utf-8") as f:
+            f.write(f"{case}\t{line}\n")
     return line
 
 
