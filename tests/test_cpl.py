@@ -381,6 +381,50 @@ def test_warm_start_scores_the_heuristics_first_and_starts_at_the_best(trained_d
     assert not any("warm_start" in c.extra for c in env2.history)
 
 
+def test_warm_random_adds_random_boundary_allocations_to_the_warm_start(trained_digits_cnn,
+                                                                       digits):
+    """``warm_random=2`` scores two random allocations, on the budget's boundary, after the
+    heuristics; the policy then starts at the best of all five, and a seed repeats them."""
+    from rlprune import api
+    from rlprune.costs import Budget
+
+    bound = Budget.parse("params<=0.3").bind(trained_digits_cnn, digits.example_input(1))
+
+    def run(**kw):
+        env = api.make_env(trained_digits_cnn, digits, bound, "cpl")
+        means = []
+        best_seen = []
+
+        def record(searcher, info):
+            best_seen.append(info["best"])
+            obs = torch.as_tensor(env.observations(info["best"].policy), dtype=torch.float32)
+            with torch.no_grad():
+                u = searcher.policy.mean(obs).squeeze(-1)
+            low, high = env.action_space.low[0], env.action_space.high[0]
+            means.append((low + (torch.tanh(u) + 1) / 2 * (high - low)).numpy())
+
+        res = CPL(episodes=9, seed=0, progress=False, callback=record, **kw).search(env)
+        return res, means, best_seen, env
+
+    result, means, best_seen, env = run(warm_random=2)
+    first = result.history.candidates[:5]
+    assert [c.extra.get("warm_start") for c in first] == ["uniform", "global", "lamp",
+                                                          "random0", "random1"]
+    for c in first[3:]:
+        assert c.feasible and max(c.cost_ratios) > 0.9  # moved onto the boundary
+        assert not any(np.allclose(c.policy, h.policy) for h in first[:3])
+    # from the first PPO episode (before any update), the mean proposes the best of the five
+    high = env.action_space.high[0]
+    assert np.allclose(means[5], np.minimum(best_seen[4].policy, high), atol=0.05)
+    assert not np.allclose(means[4], np.minimum(best_seen[4].policy, high), atol=0.05)
+    again, _, _, _ = run(warm_random=2)
+    assert [c.policy for c in again.history.candidates] == [c.policy for c in
+                                                            result.history.candidates]
+    plain, _, _, _ = run()
+    assert not any(str(c.extra.get("warm_start", "")).startswith("random")
+                   for c in plain.history.candidates)
+
+
 def test_exploration_width_defaults_by_granularity_and_follows_an_override():
     """Weight budgets explore at log std -2.0, channel budgets at -1.0 (the cpl
     ablation), an explicit ``log_std_init`` wins, and cpl-paper keeps -0.5."""

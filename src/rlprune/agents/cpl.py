@@ -162,6 +162,11 @@ class CPLConfig:
     (regressed onto it), so the search begins where the heuristics end. ``False`` for
     the paper's start (mid-range). Needs a ``PruningEnv``; other envs start mid-range."""
 
+    warm_random: int = 0
+    """Random allocations (``random``'s draws, moved onto the budget's boundary) scored
+    after the heuristics in the warm start, before the policy's mean is set to the best
+    of them all. Counts as episodes of the search."""
+
     polish: float = 0.0
     """Fraction of the episodes spent, at the end, on local search around the best
     candidate instead of on PPO episodes (0: none, the paper's search; PPO goes on while
@@ -510,6 +515,11 @@ class CPL(Searcher):
         if ev.parallel > 1 or ev.workers is not None:  # scored together, recorded in order
             ev.prefetch(list(heuristics.values()),
                         [self.episode + i for i in range(len(heuristics))])
+        for k in range(int(self.config.warm_random)):
+            g = self.np_rng.uniform(0.0, 1.0)
+            raw = np.clip(self.np_rng.uniform(0.0, 2 * g, size=env.T), 0.0, 1.0) * env.max_ratios
+            heuristics[f"random{k}"] = ev.repair(raw, "boundary")[0] if not ev.bound.noisy \
+                else ev.project(raw)
         for name, policy in heuristics.items():
             history.tags["warm_start"] = name
             cand = env.evaluator.evaluate(policy, episode=self.episode)
