@@ -26,7 +26,8 @@ from rlprune.env import PruningEnv
 from rlprune.projection import bisect_boundary
 
 __all__ = ["Uniform", "RandomSearch", "GlobalThreshold", "LAMP", "bisect_feasible",
-           "lamp_scores", "space_lamp_scores", "threshold_policy", "heuristic_policies"]
+           "lamp_scores", "space_lamp_scores", "threshold_policy", "heuristic_policies",
+           "random_draw"]
 
 
 def bisect_feasible(
@@ -68,6 +69,15 @@ class Uniform(Searcher):
         self._episode_end(env, float("nan"))
 
 
+def random_draw(rng: np.random.Generator, max_ratios: np.ndarray) -> np.ndarray:
+    """One random allocation as ``random`` draws it, from the generator ``rng``: a global
+    level ``g ~ U(0, 1)``, then per entry ``U(0, 2g)`` (clipped to 1) times its entry of
+    ``max_ratios``, so draws cover light and heavy pruning."""
+    caps = np.asarray(max_ratios, dtype=np.float64)
+    g = rng.uniform(0.0, 1.0)
+    return np.clip(rng.uniform(0.0, 2 * g, size=caps.shape[0]), 0.0, 1.0) * caps
+
+
 @register_method("random")
 class RandomSearch(Searcher):
     """Random policies projected onto the budget; the best on the reward split wins.
@@ -86,9 +96,7 @@ class RandomSearch(Searcher):
         for start in range(0, self.episodes, batch):
             policies = []
             for _ in range(min(batch, self.episodes - start)):
-                g = rng.uniform(0.0, 1.0)
-                raw = np.clip(rng.uniform(0.0, 2 * g, size=env.T), 0.0, 1.0) * env.max_ratios
-                policies.append(ev.project(raw))
+                policies.append(ev.project(random_draw(rng, env.max_ratios)))
             if len(policies) > 1 or ev.workers is not None:  # scored together
                 ev.prefetch(policies, list(range(start, start + len(policies))))
             for ep, policy in enumerate(policies, start):

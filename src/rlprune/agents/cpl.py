@@ -506,7 +506,7 @@ class CPL(Searcher):
 
     def _warm_start(self, env: PruningEnv) -> None:
         """Score the heuristics' allocations, then regress the policy mean onto the best."""
-        from rlprune.agents.baselines import heuristic_policies
+        from rlprune.agents.baselines import heuristic_policies, random_draw
 
         history = env.evaluator.history
         best = None
@@ -516,8 +516,7 @@ class CPL(Searcher):
             ev.prefetch(list(heuristics.values()),
                         [self.episode + i for i in range(len(heuristics))])
         for k in range(int(self.config.warm_random)):
-            g = self.np_rng.uniform(0.0, 1.0)
-            raw = np.clip(self.np_rng.uniform(0.0, 2 * g, size=env.T), 0.0, 1.0) * env.max_ratios
+            raw = random_draw(self.np_rng, env.max_ratios)
             heuristics[f"random{k}"] = ev.repair(raw, "boundary")[0] if not ev.bound.noisy \
                 else ev.project(raw)
         for name, policy in heuristics.items():
