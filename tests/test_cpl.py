@@ -423,6 +423,8 @@ def test_warm_random_adds_random_boundary_allocations_to_the_warm_start(trained_
     plain, _, _, _ = run()
     assert not any(str(c.extra.get("warm_start", "")).startswith("random")
                    for c in plain.history.candidates)
+    with pytest.raises(ValueError, match="warm_random"):
+        CPLConfig(warm_random=-1)
 
 
 def test_exploration_width_defaults_by_granularity_and_follows_an_override():

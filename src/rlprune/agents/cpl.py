@@ -182,6 +182,8 @@ class CPLConfig:
         if not (0.0 <= float(self.polish) < 1.0):
             raise ValueError(f"polish is a fraction of the episodes in [0, 1), got "
                              f"{self.polish!r}")
+        if int(self.warm_random) < 0:
+            raise ValueError(f"warm_random must be >= 0, got {self.warm_random!r}")
         if not float(self.polish_step) > 0.0:
             raise ValueError(f"polish_step must be > 0, got {self.polish_step!r}")
         if self.lagrangian not in ("gradient", "pid"):
@@ -512,13 +514,13 @@ class CPL(Searcher):
         best = None
         heuristics = heuristic_policies(env)
         ev = env.evaluator
-        if ev.parallel > 1 or ev.workers is not None:  # scored together, recorded in order
-            ev.prefetch(list(heuristics.values()),
-                        [self.episode + i for i in range(len(heuristics))])
         for k in range(int(self.config.warm_random)):
             raw = random_draw(self.np_rng, env.max_ratios)
             heuristics[f"random{k}"] = ev.repair(raw, "boundary")[0] if not ev.bound.noisy \
                 else ev.project(raw)
+        if ev.parallel > 1 or ev.workers is not None:  # scored together, recorded in order
+            ev.prefetch(list(heuristics.values()),
+                        [self.episode + i for i in range(len(heuristics))])
         for name, policy in heuristics.items():
             history.tags["warm_start"] = name
             cand = env.evaluator.evaluate(policy, episode=self.episode)
