@@ -7,8 +7,9 @@ BENCH is one of ``digits`` (digits_cnn, params<=0.3, channel), ``l5w`` (LeNet-5 
 params<=0.08, weight), ``l5c`` (LeNet-5 MNIST, flops<=0.3, channel), ``l5p`` (LeNet-5
 MNIST, params<=0.1, channel), ``l300``
 (LeNet-300-100 MNIST, params<=0.08, weight), ``r20c`` (ResNet-20 CIFAR-10 JPEG-q75
-copy, flops<=0.5, channel), ``r20w`` (the same ResNet-20, params<=0.1, weight), on the
-committed checkpoints. Searches score candidates on
+copy, flops<=0.5, channel), ``r20w`` (the same ResNet-20, params<=0.1, weight), ``r20m``
+(the same ResNet-20, params<=0.5,latency_ms<=50%, channel: cifar10-multi's budget; run it
+alone, it measures latency), on the committed checkpoints. Searches score candidates on
 the first 1000 reward-split samples (digits: the whole split); each line reports the
 returned model's accuracy on the *whole* reward split before fine-tuning. A variant is
 ``METHOD[:OPT+OPT...]`` with options ``none``/``project``/``boundary`` (the env's
@@ -36,6 +37,8 @@ BENCHES = {
     "l300": ("mnist", "benchmarks/checkpoints/lenet300_mnist.pt", "params<=0.08", "weight"),
     "r20c": ("cifar10", "benchmarks/checkpoints/resnet20_cifar10.pt", "flops<=0.5", "channel"),
     "r20w": ("cifar10", "benchmarks/checkpoints/resnet20_cifar10.pt", "params<=0.1", "weight"),
+    "r20m": ("cifar10", "benchmarks/checkpoints/resnet20_cifar10.pt",
+             "params<=0.5,latency_ms<=50%", "channel"),
 }
 
 

@@ -266,6 +266,25 @@ def noisy_params():
     costs._COSTS.pop("test_noisy_params", None)
 
 
+def test_repair_boundary_under_a_noisy_cost_aims_at_the_limit_less_the_margin(
+        model, digits, noisy_params):
+    """A noisy budget is repaired too: a policy with room to spare or one over the
+    budget is moved onto it, aiming at the limit less the noise rule's margin, so the
+    scored candidate is feasible on its own measurement and spends the budget."""
+    env = PruningEnv(model, digits, f"{noisy_params}<=0.5", repair="boundary")
+    target = 1.0 / (1.0 + env.evaluator.bound.rule.margin)
+    for ratios, inside in (([0.8, 0.3, 0.6], True), ([0.3, 0.2, 0.3], False)):
+        env.reset(seed=0)
+        for r in ratios:
+            _, _, _, _, info = env.step(np.array([r], np.float32))
+        assert bool(np.all(info["cost"] <= 1.0)) == inside  # the chosen policy's own
+        cand = env.history.candidates[-1]
+        assert info["projected"] and cand.feasible
+        # a channel of this small CNN is a few percent of the budget; +-1% noise
+        # between the repair's measurement and the candidate's
+        assert 0.85 < max(cand.cost_ratios) <= target * 1.01 / 0.99
+
+
 def test_a_noisy_final_check_that_fails_settles_again_instead_of_losing_the_run(
         model, digits, noisy_params, monkeypatch):
     real = costs.BoundBudget.evaluate

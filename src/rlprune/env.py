@@ -118,11 +118,12 @@ class PruningEnv(gym.Env):
                              "space/history, not both: the evaluator already holds them")
         if repair not in REPAIRS:
             raise ValueError(f"repair must be one of {', '.join(REPAIRS)}, got {repair!r}")
-        #: Which candidate an episode scores (budgets without noisy costs): ``"none"`` the
+        #: Which candidate an episode scores: ``"none"`` the
         #: policy as chosen (the paper's MDP), ``"project"`` the projection onto the budget
         #: of a policy that violates it, ``"boundary"`` the policy with all its keep
         #: ratios scaled by one factor onto the budget's boundary, in or out
-        #: (:meth:`Evaluator.to_boundary`). In every case
+        #: (:meth:`Evaluator.to_boundary`; a noisy cost is aimed at its limit less the
+        #: noise rule's margin). In every case
         #: ``info["cost"]`` is the chosen policy's own cost ratios, so a constrained
         #: agent still sees what it chose.
         self.repair = repair

@@ -402,13 +402,13 @@ class Evaluator:
     def repair(self, policy: Sequence[float] | np.ndarray, mode: str
                ) -> tuple[np.ndarray, np.ndarray | None]:
         """The policy an episode that chose ``policy`` scores under the repair ``mode``
-        (:data:`REPAIRS`), and the chosen policy's own cost ratios (``None`` when no
-        repair applies: ``"none"``, or a budget with noisy costs). A repair that moves
+        (:data:`REPAIRS`), and the chosen policy's own cost ratios (``None`` for
+        ``"none"``, which repairs nothing). A repair that moves
         the policy by less than ``np.allclose`` sees returns ``policy`` itself."""
         pol = np.asarray(policy, dtype=np.float64)
         if mode not in REPAIRS:
             raise ValueError(f"repair must be one of {', '.join(REPAIRS)}, got {mode!r}")
-        if mode == "none" or self.bound.noisy:
+        if mode == "none":
             return pol, None
         raw = self.cost_ratios(pol)
         fixed = pol
@@ -519,7 +519,7 @@ class Evaluator:
         return np.asarray(project(self.space, self.model, np.asarray(policy, dtype=np.float64),
                                   self.bound), dtype=np.float64)
 
-    def to_boundary(self, policy: Sequence[float] | np.ndarray, iterations: int = 14
+    def to_boundary(self, policy: Sequence[float] | np.ndarray, iterations: int | None = None
                     ) -> np.ndarray:
         """``policy`` moved onto the budget's boundary, keeping its shape.
 
@@ -528,9 +528,19 @@ class Evaluator:
         bisected to the largest value that meets the budget, measured on pruned copies:
         an out-of-budget policy shrinks, one that leaves budget unused grows, and the
         *relative* widths the policy chose are kept. Only costs are measured, over
-        ``iterations`` bisection steps.
+        ``iterations`` bisection steps (default 14, or 8 for a budget with a noisy cost,
+        where each step is a timed measurement and 8 steps resolve the factor finer than
+        one measurement's noise). A noisy cost (latency) is measured once per step
+        against its limit less the noise rule's margin (``limit / (1 + margin)``): the
+        returned model must later pass the rule's repeated check, and a candidate placed
+        right at the limit would measure over it about every other time.
         """
         p = self._clip(policy)
+        noisy = set(self.bound.noisy_names)
+        if iterations is None:
+            iterations = 8 if noisy else 14
+        target = np.array([1.0 / (1.0 + self.bound.rule.margin) if n in noisy else 1.0
+                           for n in self.bound.names])
         keep = 1.0 - p
         floor = 1.0 - self.caps
         s_max = 1.0 / max(float(keep.min()), 1e-6)
@@ -540,7 +550,7 @@ class Evaluator:
             return 1.0 - k
 
         def ok(t: float) -> bool:
-            return bool(np.all(self.cost_ratios(at(t)) <= 1.0))
+            return bool(np.all(self.cost_ratios(at(t)) <= target))
 
         if ok(0.0):  # keeping everything fits: nothing to prune
             return at(0.0)
