@@ -529,8 +529,8 @@ class Evaluator:
         an out-of-budget policy shrinks, one that leaves budget unused grows, and the
         *relative* widths the policy chose are kept. Only costs are measured, over
         ``iterations`` bisection steps (default 14, or 8 for a budget with a noisy cost,
-        where each step is a timed measurement and 8 steps resolve the factor finer than
-        one measurement's noise). A noisy cost (latency) is measured once per step
+        where every step times the model and the timing's own noise, a few percent,
+        blurs the boundary anyway). A noisy cost (latency) is measured once per step
         against its limit less the noise rule's margin (``limit / (1 + margin)``): the
         returned model must later pass the rule's repeated check, and a candidate placed
         right at the limit would measure over it about every other time.
