@@ -62,6 +62,8 @@ REFERENCES = {
     "mnist-lenet5-weight": "Han et al. 2015: LeNet-5 at 8% of weights, 0.77% error "
                            "(unpruned 0.80%).",
     "mnist-lenet5-channel": "No direct published figure for LeNet-5 at 30% FLOPs (channel).",
+    "mnist-lenet5-channel-params": "No direct published figure for LeNet-5 at 10% of the "
+                                   "parameters (channel).",
     "cifar10-resnet20-channel": "AMC (He et al. 2018): ResNet-56 at 50% FLOPs, 92.8 -> 91.9 "
                                 "top-1 (different depth, full training).",
     "cifar10-resnet20-weight": "Malik et al. (constrained RL): 10% of weights left on "
