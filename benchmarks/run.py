@@ -69,6 +69,10 @@ REFERENCES = {
     "cifar10-resnet20-weight": "Malik et al. (constrained RL): 10% of weights left on "
                                "VGG/ResNet-18 CIFAR-10 with comparable accuracy.",
     "cifar10-multi": "Two constraints at once (one measured); no published counterpart.",
+    "mnist-lenet5-latency": "A measured latency budget alone (PyTorch, batch 8); no published "
+                            "counterpart.",
+    "mnist-lenet5-ort-latency": "A measured latency budget alone (ONNX Runtime, batch 1); no "
+                                "published counterpart.",
     "cifar10-multi-table": "cifar10-multi with a latency lookup table in the search; no "
                            "published counterpart.",
 }
