@@ -78,6 +78,28 @@ REFERENCES = {
 }
 
 
+def settled_note(results: list[api.PruneResult], bound: costs.BoundBudget) -> str:
+    """Which results the noise rule moved after the search, from where, and which a
+    failed final check settled again (with what margins): a model far inside a
+    latency limit is explained by this line, not by its search."""
+    moved = []
+    for r in results:
+        extra = r.search.extra
+        again = [float(x["margin"]) for x in extra.get("resettled") or []]
+        if not (extra.get("settled") or again):
+            continue
+        best = r.history.best
+        at = ", ".join(f"{n} {best.costs[n] / bound.limits[n]:.3f} x" for n in bound.noisy_names
+                       if best is not None and n in best.costs)
+        moved.append(f"`{r.method}`"
+                     + (f" (its best candidate at {at} the limit, one measurement)" if at
+                        else "")
+                     + (", settled again after fine-tuning at a "
+                        + " then ".join(f"{100 * m:g}%" for m in again) + " margin"
+                        if again else ""))
+    return "; ".join(moved) if moved else "none"
+
+
 def machine() -> str:
     """One line describing this machine."""
     cpu = platform.processor() or platform.machine()
@@ -373,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                f"{max(fresh['slowdown']):.2f} x its value at the start, "
                f"{fresh['normal']} of {FRESH_TIMES} processes within "
                f"{fresh_mod.SPEED_TOLERANCE:.0%}" if fresh else ""))
+        lines.append("- moved after the search by the noise rule (rlprune's methods; the "
+                     "peers are reported where they land): " + settled_note(results, bound))
     lines += [f"- search curves: ![best feasible accuracy vs spend](plots/{plot_path.name})"
               if not args.no_append else f"- search curves: {plot_path}", ""]
     # the budget's constraints only; costs reported alongside have no limit to meet

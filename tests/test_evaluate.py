@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlprune import api, costs
+from rlprune import api, costs, report
 from rlprune.agents import get_method
 from rlprune.costs import Budget
 from rlprune.env import PruningEnv
@@ -304,6 +304,39 @@ def test_a_noisy_final_check_that_fails_settles_again_instead_of_losing_the_run(
     assert res.costs[noisy_params]["ok"]
     # settled with a 6% margin: the returned policy measures well inside the limit
     assert res.costs[noisy_params]["pruned"] * 1.04 <= res.costs[noisy_params]["limit"]
+    # the report and the comparison row say so, so a user sees why the model is smaller
+    md = report.report_markdown(report.run_report(res, include_versions=False))
+    assert "settled again after fine-tuning at a 6% margin, because the final check failed" \
+        in md
+    assert report.compare_row(res)["resettled"] == 1
+
+
+def test_the_report_says_when_the_noise_rule_moved_the_best_candidate(model, digits):
+    """The search accepts a candidate on one measurement; the returned policy must pass
+    the noise rule's repeated measurements with its margin, so a candidate placed near
+    the limit is moved after the search, and the report names it and where it was."""
+    rng = np.random.default_rng(0)
+    noisy_params = "test_noisier_params"  # +-5%: the rule's bound sits well above a value
+    costs.register_cost(noisy_params,
+                        lambda m: costs.count_params(m) * (1 + rng.uniform(-0.05, 0.05)),
+                        relative=True, noisy=True, overwrite=True)
+    try:
+        res = api.prune(model, digits, f"{noisy_params}<=0.5", method="uniform",
+                        progress=False)
+    finally:
+        costs._COSTS.pop(noisy_params, None)
+    assert res.search.extra["settled"] is True
+    best = res.history.best
+    assert not np.allclose(best.policy, res.policy)
+    rep = report.run_report(res, include_versions=False)
+    assert rep["search"]["settled"] is True and rep["search"]["resettled"] == []
+    md = report.report_markdown(rep)
+    assert ("returned policy: the best candidate, moved toward heavier pruning until the "
+            "noise rule accepted it") in md
+    ratio = best.costs[noisy_params] / res.costs[noisy_params]["limit"]
+    assert f"{noisy_params} {ratio:.3f} x its limit, as measured during the search" in md
+    row = report.compare_row(res)
+    assert row["settled"] is True and row["resettled"] == 0
 
 
 def test_a_noisy_cost_that_keeps_failing_is_a_clear_budget_error(model, digits, noisy_params,

@@ -27,7 +27,7 @@ def _setup(model: nn.Module, splits: data.Splits, granularity: str, budget: str,
     ex = splits.example_input(1)
     bound = api.budget_for(budget, granularity).bind(model, ex)
     return peers.PeerSetup(original=model, splits=splits, bound=bound,
-                           granularity=granularity, example_input=ex, **kw)  # type: ignore[arg-type]
+                           granularity=granularity, example_input=ex, **kw)
 
 
 @pytest.mark.parametrize("name", ["tp-uniform", "tp-global", "torch-global-magnitude", "lamp"])
@@ -266,3 +266,20 @@ def test_benchmark_table_carries_peer_rows_and_spend(granularity, budget, append
     else:
         assert (out / "search-spend.png").is_file()
         assert not (tmp_path / "docs").exists()
+
+
+def test_settled_note_names_the_methods_the_noise_rule_moved() -> None:
+    """The benchmark line that explains a model far inside a latency limit: which
+    method's best candidate the noise rule moved, from where, and the settling again
+    after a failed final check."""
+    bound = SimpleNamespace(noisy_names=["latency_ms"], limits={"latency_ms": 2.0})
+    best = SimpleNamespace(costs={"latency_ms": 1.93, "params": 10.0})
+    moved = SimpleNamespace(method="cpl", history=SimpleNamespace(best=best),
+                            search=SimpleNamespace(extra={"settled": True,
+                                                          "resettled": [{"margin": 0.06}]}))
+    kept = SimpleNamespace(method="random", history=SimpleNamespace(best=best),
+                           search=SimpleNamespace(extra={"settled": False}))
+    assert bench.settled_note([moved, kept], bound) == (
+        "`cpl` (its best candidate at latency_ms 0.965 x the limit, one measurement), "
+        "settled again after fine-tuning at a 6% margin")
+    assert bench.settled_note([kept], bound) == "none"

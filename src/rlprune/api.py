@@ -393,6 +393,8 @@ def prune(
         # a noisy cost is accepted on repeated fresh measurements with a margin, not on the
         # one measurement that happened to pass during the search
         result.policy = table_mod.settle(env.space, evaluator.model, searched, bound)
+        # whether the best candidate itself failed the rule and was moved (reports say so)
+        result.extra["settled"] = bool(not np.allclose(result.policy, searched))
     if tables:
         result.extra["latency_table"] = {
             "tables": {n: t.summary() for n, t in tables.items()},

@@ -184,6 +184,10 @@ def _search_summary(result: RunResult) -> dict[str, Any]:
         },
         "projected": best is None or not np.allclose(
             np.asarray(best.policy, dtype=float), np.asarray(result.policy, dtype=float)),
+        # a noisy budget: whether the noise rule moved the best candidate after the
+        # search, and the wider margins of each settling after a failed final check
+        "settled": extra.get("settled"),
+        "resettled": [float(r["margin"]) for r in extra.get("resettled") or []],
     }
 
 
@@ -288,6 +292,20 @@ def _noise_lines(costs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return out + [""] if out else []
 
 
+def _returned_how(s: Mapping[str, Any]) -> str:
+    """How the returned policy relates to the search's best candidate, in words."""
+    again = s.get("resettled") or []
+    after = (f"; settled again after fine-tuning at a "
+             f"{' then '.join(f'{100 * as_float(m):g}%' for m in again)} margin, because the "
+             "final check failed" if again else "")
+    if s.get("settled"):
+        return ("the best candidate, moved toward heavier pruning until the noise rule "
+                "accepted it (during the search it passed on one measurement)" + after)
+    if again:
+        return "the best candidate" + after
+    return "projected onto the budget" if s.get("projected") else "the best candidate"
+
+
 def report_markdown(rep: Mapping[str, Any], layers: Sequence[Mapping[str, Any]] = (),
                     plots: Mapping[str, str] | None = None) -> str:
     """``report.md``: the report for people, built from :func:`run_report`'s dict ``rep``.
@@ -340,13 +358,17 @@ def report_markdown(rep: Mapping[str, Any], layers: Sequence[Mapping[str, Any]] 
         ("best found at evaluation", s.get("best_found_at") or "– (none feasible)"),
         ("search wall time", f"{as_float(s.get('wall_time_s')):.1f} s"),
         ("interrupted", "yes" if s.get("interrupted") else "no"),
-        ("returned policy", "projected onto the budget" if s.get("projected")
-         else "the best candidate"),
+        ("returned policy", _returned_how(s)),
     ]
     if best:
+        limits = {n: c.get("limit") for n, c in (rep.get("constraints") or {}).items()}
+        where = [f"{n} {as_float(v) / as_float(limits[n]):.3f} x its limit"
+                 for n, v in (best.get("costs") or {}).items() if limits.get(n)]
         items.append(("best candidate",
                       f"#{best['index'] + 1}: reward {as_float(best['reward']):.4g},"
-                      f" reward-split accuracy {fmt_acc(best['accuracy'])}"))
+                      f" reward-split accuracy {fmt_acc(best['accuracy'])}"
+                      + (f" ({', '.join(where)}, as measured during the search)"
+                         if where else "")))
     if s.get("multipliers"):
         items.append(("final multipliers",
                       ", ".join(f"{as_float(v):.3g}" for v in s["multipliers"])))
@@ -540,6 +562,11 @@ def compare_row(result: RunResult) -> dict[str, Any]:
         "search_s": result.timings.get("search_s", getattr(result.search, "wall_time", None)),
         "time_to_best_s": getattr(getattr(result.search, "best", None), "time", None),
         "feasible": all(bool(c.get("ok", True)) for c in result.costs.values()),
+        # a noisy budget: the noise rule moved the best candidate after the search, and
+        # how many times a failed final check settled it again
+        "settled": bool((getattr(result.search, "extra", None) or {}).get("settled")),
+        "resettled": len((getattr(result.search, "extra", None) or {}).get("resettled")
+                         or []),
     }
 
 
