@@ -329,14 +329,16 @@ def test_the_report_says_when_the_noise_rule_moved_the_best_candidate(model, dig
     best = res.history.best
     assert not np.allclose(best.policy, res.policy)
     rep = report.run_report(res, include_versions=False)
-    assert rep["search"]["settled"] is True and rep["search"]["resettled"] == []
+    assert rep["search"]["settled"] is True
+    again = rep["search"]["resettled"]  # margins of settlings after a failed final check
+    assert again == [float(r["margin"]) for r in res.search.extra.get("resettled", [])]
     md = report.report_markdown(rep)
     assert ("returned policy: the best candidate, moved toward heavier pruning until the "
             "noise rule accepted it") in md
     ratio = best.costs[noisy_params] / res.costs[noisy_params]["limit"]
     assert f"{noisy_params} {ratio:.3f} x its limit, as measured during the search" in md
     row = report.compare_row(res)
-    assert row["settled"] is True and row["resettled"] == 0
+    assert row["settled"] is True and row["resettled"] == len(again)
 
 
 def test_a_noisy_cost_that_keeps_failing_is_a_clear_budget_error(model, digits, noisy_params,

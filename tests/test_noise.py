@@ -409,3 +409,38 @@ def test_settle_rechecks_a_step_before_moving_on_a_burst(
     assert fn.calls > 1 + 2 * rule.repeats
     with pytest.raises(ValueError, match="rechecks"):
         settle(space, model, policy, bound, rechecks=-1)
+
+
+def test_settle_narrows_the_step_that_first_held(
+    trained_digits_cnn: nn.Module, digits: data.Splits
+) -> None:
+    """The settling steps grow (to 20%, then 40% of the way to the most aggressive
+    policy): when the limit lies between two of them, the refinement returns a policy
+    between the two that still holds, not the far step."""
+    from rlprune.latency_table import settle
+    from rlprune.space import PruningSpace
+
+    model = copy.deepcopy(trained_digits_cnn)
+    x = digits.train.x[:2]
+    space = PruningSpace.from_model(model, x)
+    policy = space.max_policy() * 0.3
+    pmax = space.max_policy()
+
+    def params_at(t: float) -> int:
+        return count_params(space.apply(model, np.minimum(policy + t * (pmax - policy), pmax)))
+
+    c0, c25 = params_at(0.0), params_at(0.25)
+    margin = c0 / c25 - 1.0 + 1e-6  # the start fits the limit, not the limit less the margin
+    limit = c25 * (1.0 + margin)  # first held at t = 0.25: between the 0.2 and 0.4 steps
+    rule = NoiseRule(repeats=2, margin=margin, original_repeats=1)
+    bound = Budget(custom={"exact_but_noisy": (count_params, limit, {"noisy": True})}).bind(
+        model, x, rule)
+    coarse = settle(space, model, policy, bound, refine=0)
+    fine = settle(space, model, policy, bound)
+    c_coarse = count_params(space.apply(model, coarse))
+    c_fine = count_params(space.apply(model, fine))
+    assert c_fine * (1.0 + margin) <= limit  # it holds
+    assert c_fine > c_coarse  # and keeps more than the step the coarse walk stopped at
+    assert np.all(fine <= coarse) and np.all(fine >= policy)
+    with pytest.raises(ValueError, match="refine"):
+        settle(space, model, policy, bound, refine=-1)

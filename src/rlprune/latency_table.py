@@ -435,6 +435,7 @@ def settle(
     bound: BoundBudget,
     margin: float | None = None,
     rechecks: int = 1,
+    refine: int = 3,
 ) -> np.ndarray:
     """``policy`` made to meet ``bound`` under its noise rule, measured for real.
 
@@ -448,21 +449,44 @@ def settle(
     a lookup table. A step that fails is measured ``rechecks`` more times before settle
     moves on, and is taken if any of its checks accepts it: a burst of load on the
     machine during one check would otherwise push the policy toward more pruning for
-    good, while a step that truly misses fails every check. Raises
+    good, while a step that truly misses fails every check. The steps grow (2%, 5%,
+    10%, 20%, 40%, 70% of the way to the most aggressive policy), so the first that
+    holds can prune far more than needed; ``refine`` bisection steps between it and
+    the last that failed, each checked the same way, return the least pruned one
+    that held (without them, a ResNet-20 whose best candidate measured 0.97 x its
+    latency limit came back from two settlings at 0.63 x, with 3% of its parameters).
+    Raises
     :class:`~rlprune.costs.BudgetInfeasibleError` if even the most aggressive policy
     fails.
     """
     if rechecks < 0:
         raise ValueError(f"rechecks must be >= 0, got {rechecks!r}")
+    if refine < 0:
+        raise ValueError(f"refine must be >= 0, got {refine!r}")
     p = project(space, model, policy, bound)
     pmax = space.max_policy()
     base = np.minimum(p, pmax)
     m = bound.rule.margin if margin is None else margin
+
+    def at(t: float) -> np.ndarray:
+        return np.minimum(base + t * (pmax - base), pmax)
+
+    def holds(t: float) -> bool:
+        pruned = space.apply(model, at(t))
+        return any(bound.accepts(pruned, m) for _ in range(1 + rechecks))
+
+    failed = None  # the last step that did not hold
     for t in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0):
-        q = np.minimum(base + t * (pmax - base), pmax)
-        pruned = space.apply(model, q)
-        if any(bound.accepts(pruned, m) for _ in range(1 + rechecks)):
-            return q
+        if holds(t):
+            if failed is not None:  # narrow the jump from the last step that failed
+                for _ in range(refine):
+                    mid = 0.5 * (failed + t)
+                    if holds(mid):
+                        t = mid
+                    else:
+                        failed = mid
+            return at(t)
+        failed = t
     runs = bound.repeated(space.apply(model, pmax))
     noisy = bound.noisy_names
     failing = {n: (max(v), bound.limits[n]) for n, v in runs.items()
