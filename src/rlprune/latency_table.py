@@ -63,7 +63,7 @@ from rlprune.costs import (
     get_cost,
 )
 from rlprune.progress import progress_bar
-from rlprune.projection import project
+from rlprune.projection import bisect_boundary, project
 from rlprune.space import PruningSpace
 
 __all__ = ["LatencyTable", "search_bound", "settle", "table_costs"]
@@ -475,18 +475,18 @@ def settle(
         pruned = space.apply(model, at(t))
         return any(bound.accepts(pruned, m) for _ in range(1 + rechecks))
 
-    failed = None  # the last step that did not hold
+    failed: float | None = None  # the last step that did not hold
+    held: float | None = None  # the first that did
     for t in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0):
         if holds(t):
-            if failed is not None:  # narrow the jump from the last step that failed
-                for _ in range(refine):
-                    mid = 0.5 * (failed + t)
-                    if holds(mid):
-                        t = mid
-                    else:
-                        failed = mid
-            return at(t)
+            held = t
+            break
         failed = t
+    if held is not None:
+        if failed is not None and refine:  # narrow the jump from the last failure
+            lo, span = failed, held - failed
+            held = lo + span * bisect_boundary(lambda u: holds(lo + u * span), refine)
+        return at(held)
     runs = bound.repeated(space.apply(model, pmax))
     noisy = bound.noisy_names
     failing = {n: (max(v), bound.limits[n]) for n, v in runs.items()
