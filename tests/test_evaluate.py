@@ -288,7 +288,7 @@ def test_repair_boundary_under_a_noisy_cost_aims_at_the_limit_less_the_margin(
 def test_a_noisy_final_check_that_fails_settles_again_instead_of_losing_the_run(
         model, digits, noisy_params, monkeypatch):
     real = costs.BoundBudget.evaluate
-    failures = [1]  # the first final measurement fails, as a timing burst would
+    failures = [1, 1]  # the final check and its recheck fail, as a slow model would
 
     def flaky(self, m):
         out = real(self, m)
@@ -309,6 +309,39 @@ def test_a_noisy_final_check_that_fails_settles_again_instead_of_losing_the_run(
     assert "settled again after fine-tuning at a 6% margin, because the final check failed" \
         in md
     assert report.compare_row(res)["resettled"] == 1
+    assert not res.search.extra.get("final_rechecked")
+
+
+def test_a_final_check_that_fails_once_is_measured_again_before_settling_again(
+        model, digits, monkeypatch):
+    """One failed final check on a noisy cost (a burst of load) is measured again, as
+    settling measures a failed step again, instead of pruning the model further."""
+    name = "test_steady_noisy_params"  # declared noisy, measures the same every time
+    costs.register_cost(name, lambda m: costs.count_params(m), relative=True, noisy=True,
+                        overwrite=True)
+    real = costs.BoundBudget.evaluate
+    failures = [1]
+    calls = []
+
+    def flaky(self, m):
+        calls.append(1)
+        out = real(self, m)
+        if failures:
+            failures.pop()
+            out[name] = {**out[name], "ok": False, "value": out[name]["limit"] * 1.05}
+        return out
+
+    monkeypatch.setattr(costs.BoundBudget, "evaluate", flaky)
+    try:
+        res = api.prune(model, digits, f"{name}<=0.5", method="uniform", progress=False)
+    finally:
+        costs._COSTS.pop(name, None)
+    assert len(calls) == 2 and not res.search.extra.get("resettled")
+    assert res.search.extra["final_rechecked"] == 1 and res.costs[name]["ok"]
+    rep = report.run_report(res, include_versions=False)
+    assert rep["search"]["final_rechecked"] == 1
+    assert ("1 final check failed on a noisy cost and passed when measured again"
+            in report.report_markdown(rep))
 
 
 def test_the_report_says_when_the_noise_rule_moved_the_best_candidate(model, digits):

@@ -225,6 +225,12 @@ def make_env(
 #: the rule's margin widened by each of these in turn (then fine-tuned and checked again).
 RESETTLE_MARGINS = (0.03, 0.09, 0.27)
 
+#: A final check that fails on noisy costs alone is measured this many more times, and
+#: passes if any of them accepts the model, before the model is settled again: the same
+#: allowance for a burst of load as :func:`~rlprune.latency_table.settle`'s
+#: ``rechecks``, whose steps the final check would otherwise judge more harshly.
+FINAL_RECHECKS = 1
+
 
 def prune(
     model: nn.Module,
@@ -298,8 +304,9 @@ def prune(
     prediction bound that keeps a relative margin below the limit; the defaults if
     ``None``), both when the returned policy is settled after the search and in the
     final check; ``costs[name]["noise"]`` reports the measured spread, the bound, the
-    margin and the limit. A returned model that fails the final check is settled again
-    with a larger margin rather than lost.
+    margin and the limit. A final check that fails on a noisy cost is measured once more
+    (:data:`FINAL_RECHECKS`), as settling measures a failed step again; a returned model
+    that fails both is settled again with a larger margin rather than lost.
 
     Parallel search (:mod:`rlprune.workers`): ``workers=N`` scores candidates in ``N``
     local worker processes with ``threads`` torch threads each (default: the cores
@@ -429,9 +436,23 @@ def prune(
 
     has_test = len(splits.test) > 0
     pruned, acc, t_ft = finish(result.policy)
-    # the final check uses the run's bound budget: the original is not measured again
-    measured = bound.evaluate(pruned)
     noisy = set(bound.noisy_names)
+
+    def final_check(model: nn.Module) -> dict[str, dict[str, Any]]:
+        """The returned model measured against the run's bound budget (the original is
+        not measured again); a failure on noisy costs alone is measured afresh up to
+        ``FINAL_RECHECKS`` times, and the first check that passes is the one reported."""
+        out = bound.evaluate(model)
+        for _ in range(FINAL_RECHECKS):
+            failed = [n for n, v in out.items() if not v["ok"]]
+            if not failed or not noisy.issuperset(failed):
+                break
+            out = bound.evaluate(model)
+            if all(v["ok"] for v in out.values()):  # reports say it passed on a recheck
+                result.extra["final_rechecked"] = result.extra.get("final_rechecked", 0) + 1
+        return out
+
+    measured = final_check(pruned)
     # a noisy cost failed its final check: settle again with a wider margin, then rebuild
     for margin in RESETTLE_MARGINS:
         margin += bound.rule.margin
@@ -443,7 +464,7 @@ def prune(
         result.extra.setdefault("resettled", []).append(
             {"failed": {n: float(measured[n]["value"]) for n in failed}, "margin": margin})
         pruned, acc, t_ft = finish(result.policy)
-        measured = bound.evaluate(pruned)
+        measured = final_check(pruned)
     if remote is not None:
         remote.close()
     cost_table: dict[str, dict[str, Any]] = {

@@ -188,6 +188,8 @@ def _search_summary(result: RunResult) -> dict[str, Any]:
         # search, and the wider margins of each settling after a failed final check
         "settled": extra.get("settled"),
         "resettled": [float(r["margin"]) for r in extra.get("resettled") or []],
+        # final checks that failed on a noisy cost and passed when measured again
+        "final_rechecked": int(extra.get("final_rechecked", 0)),
     }
 
 
@@ -298,12 +300,16 @@ def _returned_how(s: Mapping[str, Any]) -> str:
     after = (f"; settled again after fine-tuning at a "
              f"{' then '.join(f'{100 * as_float(m):g}%' for m in again)} margin, because the "
              "final check failed" if again else "")
+    n = int(s.get("final_rechecked") or 0)
+    if n:
+        after += (f"; {n} final check{'s' if n > 1 else ''} failed on a noisy cost and "
+                  "passed when measured again")
     if s.get("settled"):
         return ("the best candidate, moved toward heavier pruning until the noise rule "
                 "accepted it (during the search it passed on one measurement)" + after)
     if again:
         return "the best candidate" + after
-    return "projected onto the budget" if s.get("projected") else "the best candidate"
+    return ("projected onto the budget" if s.get("projected") else "the best candidate") + after
 
 
 def report_markdown(rep: Mapping[str, Any], layers: Sequence[Mapping[str, Any]] = (),
