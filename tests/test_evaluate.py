@@ -312,6 +312,23 @@ def test_a_noisy_final_check_that_fails_settles_again_instead_of_losing_the_run(
     assert not res.search.extra.get("final_rechecked")
 
 
+def test_settling_after_the_search_keeps_headroom_over_the_final_check(model, digits):
+    """Settling returns the least pruned policy that passed, so it asks for
+    ``SETTLE_HEADROOM`` more margin than the final check: a model settled right at the
+    rule's edge would fail the final check whenever the host runs a little slower."""
+    name = "test_steady_noisy_params"  # declared noisy, measures the same every time
+    costs.register_cost(name, lambda m: costs.count_params(m), relative=True, noisy=True,
+                        overwrite=True)
+    try:
+        res = api.prune(model, digits, f"{name}<=0.5", method="uniform", progress=False)
+        c = res.costs[name]
+        # the uniform allocation lands within the rule's 3% margin; settling moves it
+        assert res.search.extra["settled"] is True
+        assert c["pruned"] * (1 + 0.03 + 0.01) <= c["limit"], (c["pruned"], c["limit"])
+    finally:
+        costs._COSTS.pop(name, None)
+
+
 def test_a_final_check_that_fails_once_is_measured_again_before_settling_again(
         model, digits, monkeypatch):
     """One failed final check on a noisy cost (a burst of load) is measured again, as
