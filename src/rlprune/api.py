@@ -312,10 +312,11 @@ def prune(
     prediction bound that keeps a relative margin below the limit; the defaults if
     ``None``), both when the returned policy is settled after the search (with
     :data:`SETTLE_HEADROOM` more margin, so that the final check does not fail whenever
-    the host runs a little slower) and in the final check; ``costs[name]["noise"]`` reports the measured spread, the bound, the
-    margin and the limit. A final check that fails on a noisy cost is measured once more
-    (:data:`FINAL_RECHECKS`), as settling measures a failed step again; a returned model
-    that fails both is settled again with a larger margin rather than lost.
+    the host runs a little slower) and in the final check; ``costs[name]["noise"]``
+    reports the measured spread, the bound, the margin and the limit. A final check
+    that fails on a noisy cost is measured once more (:data:`FINAL_RECHECKS`), as
+    settling measures a failed step again; a returned model that fails both is settled
+    again with a larger margin rather than lost.
 
     Parallel search (:mod:`rlprune.workers`): ``workers=N`` scores candidates in ``N``
     local worker processes with ``threads`` torch threads each (default: the cores
