@@ -95,29 +95,39 @@ def fresh_checks(models: dict[str, nn.Module], bound: BoundBudget, granularity: 
     ``"normal"`` counts the processes within :data:`SPEED_TOLERANCE` of them and
     ``"passed_normal"`` how many of those each model held in. A process whose unpruned
     model runs 30% slower than at the start measures the machine, not the pruned model.
+    ``"passed_paired"`` counts, per model, the processes where every limit held with each
+    relative limit on a noisy cost checked as rlprune checks it (a paired check:
+    :attr:`~rlprune.costs.BoundBudget.paired_names`): the model's value scaled by the
+    unpruned model's value at the run's start over its value in that process.
     """
     probe = {ORIGINAL: original} if original is not None else {}
     passed = dict.fromkeys(models, 0)
     passed_normal = dict.fromkeys(models, 0)
     worst: dict[str, dict[str, float]] = {m: {} for m in models}
+    passed_paired = dict.fromkeys(models, 0)
+    relative = [c.name for c in bound.budget if c.cost.noisy and c.relative]
     slowdown: list[float] = []
     for values in fresh_values({**models, **probe}, bound, granularity, times):
         normal = True
+        scale = dict.fromkeys(bound.names, 1.0)
         if probe:
             orig = values.pop(ORIGINAL)
             slow = max((orig[n] / bound.original[n] for n in bound.noisy_names), default=1.0)
             slowdown.append(slow)
             normal = slow <= 1.0 + SPEED_TOLERANCE
+            scale.update({n: bound.original[n] / orig[n] for n in relative if orig[n] > 0})
         for name, vals in values.items():
             held = all(vals[n] <= bound.limits[n] for n in bound.names)
             passed[name] += int(held)
             passed_normal[name] += int(held and normal)
+            passed_paired[name] += int(all(vals[n] * scale[n] <= bound.limits[n]
+                                           for n in bound.names))
             for n in bound.names:
                 r = vals[n] / bound.limits[n]
                 worst[name][n] = max(worst[name].get(n, 0.0), r)
     out: dict[str, Any] = {"passed": passed, "worst": worst, "times": times}
     if probe:
-        out.update(slowdown=slowdown, passed_normal=passed_normal,
+        out.update(slowdown=slowdown, passed_normal=passed_normal, passed_paired=passed_paired,
                    normal=sum(s <= 1.0 + SPEED_TOLERANCE for s in slowdown))
     return out
 

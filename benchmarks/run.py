@@ -390,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             "once each, how many found every constraint within its limit (worst value / "
             "limit in brackets), then the same count over the processes that ran at the "
             f"run's speed (the unpruned model, measured in each, within "
-            f"{fresh_mod.SPEED_TOLERANCE:.0%} of its value at the start)"
+            f"{fresh_mod.SPEED_TOLERANCE:.0%} of its value at the start), then, after "
+            "\"paired\", the count with each relative limit checked against the unpruned "
+            "model timed in the same process, as rlprune's own checks are"
             + (f"; the unpruned model measured {min(fresh['slowdown']):.2f}-"
                f"{max(fresh['slowdown']):.2f} x its value at the start, "
                f"{fresh['normal']} of {FRESH_TIMES} processes within "
@@ -424,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         if fresh:
             worst = max(fresh["worst"][r["method"]].values())
             cells.append(f"{fresh['passed'][r['method']]}/{fresh['times']} ({worst:.3f}); "
-                         f"{fresh['passed_normal'][r['method']]}/{fresh['normal']}")
+                         f"{fresh['passed_normal'][r['method']]}/{fresh['normal']}; "
+                         f"paired {fresh['passed_paired'][r['method']]}/{fresh['times']}")
         evals = (f"{r['models_measured']} ({r['scored']} scored)" if r.get("peer")
                  else str(r["evaluations"]))
         passes = f"{r['reward_samples']:,}" + ("" if r.get("spend_exact", True) else " (est.)")

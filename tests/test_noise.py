@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from rlprune import api, costs, data, pipeline, train
+from rlprune import api, costs, data, pipeline, report, train
 from rlprune.costs import BoundBudget, Budget
 from rlprune.noise import MeasurementTape, NoiseRule, Spread, fingerprint
 from rlprune.runlog import read_log
@@ -253,7 +254,15 @@ def test_resume_replays_noisy_measurements(
         return pipeline.run_prune(cfg, resume=resume)
 
     ref_fn = Jitter(amp=0.02, seed=5)
-    ref = run("ref", ref_fn)
+    settle, searched = api.table_mod.settle, []
+
+    def settle_after_search(*args: Any, **kwargs: Any) -> Any:
+        searched.append(ref_fn.calls)  # the measurements the search made
+        return settle(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(api.table_mod, "settle", settle_after_search)
+        ref = run("ref", ref_fn)
     ref_log = read_log(tmp_path / "ref" / "log.jsonl").candidates
     assert (tmp_path / "ref" / "measurements.jsonl").read_text().count("\n") > 8
 
@@ -270,7 +279,7 @@ def test_resume_replays_noisy_measurements(
                 raise Interrupt("killed")
             return super().__call__(model)
 
-    killed = Killed(at=ref_fn.calls // 2)
+    killed = Killed(at=searched[0] // 2)
     with pytest.raises(ValueError, match="killed"):
         run("run", killed)
     before = read_log(tmp_path / "run" / "log.jsonl").candidates
@@ -280,6 +289,97 @@ def test_resume_replays_noisy_measurements(
     assert [c.policy for c in log] == [c.policy for c in ref_log]
     assert res.costs["jitter_params"] == ref.costs["jitter_params"]
     assert killed.calls == ref_fn.calls  # what was measured before the kill was replayed
+
+
+# ----------------------------------------------------------------- paired checks
+class Host:
+    """A noisy cost whose machine slows down: the parameter count times ``slow``,
+    which a test raises between measurements; ``seen`` lists the models measured."""
+
+    def __init__(self) -> None:
+        self.slow, self.seen = 1.0, []  # type: float, list[nn.Module]
+
+    def __call__(self, model: nn.Module) -> float:
+        self.seen.append(model)
+        return count_params(model) * self.slow
+
+
+def test_a_paired_check_times_the_original_beside_the_candidate() -> None:
+    """The host runs 20% slower than when the limit was resolved: timed beside the
+    original, a candidate at 45% of it still holds ``timed<=50%``; checked in absolute
+    terms (``paired=False``, or a bound restored without the original) it fails."""
+    original, small = nn.Linear(100, 10), nn.Linear(45, 10)
+    host = Host()
+    b = Budget(custom={"timed": (host, "50%", {"noisy": True})})
+    bound = b.bind(original, rule=NoiseRule(repeats=3, original_repeats=3))
+    unpaired = b.bind(original, rule=NoiseRule(repeats=3, original_repeats=3, paired=False))
+    assert bound.paired_names == ["timed"] and bound.reference is original
+    assert unpaired.paired_names == []
+    host.slow, host.seen = 1.2, []
+    ev = bound.evaluate(small)["timed"]
+    assert host.seen == [original, small] * 3  # each measurement follows the original's
+    assert ev["ok"] is True
+    assert ev["ratio"] == pytest.approx(count_params(small) / count_params(original))
+    assert ev["noise"]["reference"]["median"] == pytest.approx(1.2 * count_params(original))
+    assert bound.accepts(small)
+    assert unpaired.evaluate(small)["timed"]["ok"] is False
+    restored = BoundBudget.from_dict(b, json.loads(json.dumps(bound.to_dict())))
+    assert restored.paired_names == [] and not restored.accepts(small)
+    again = BoundBudget.from_dict(b, bound.to_dict(), reference=original)
+    assert again.paired_names == ["timed"] and again.accepts(small)
+
+
+def test_absolute_limits_and_exact_costs_are_not_paired() -> None:
+    """``timed<=60`` is the user's own number of milliseconds, and a parameter count
+    does not drift: neither times the original again."""
+    original = nn.Linear(100, 10)
+    host = Host()
+    b = Budget(params="50%", custom={"timed": (host, 600.0, {"noisy": True})})
+    bound = b.bind(original, rule=NoiseRule(repeats=3, original_repeats=3))
+    host.seen = []
+    assert bound.paired_names == []
+    ev = bound.evaluate(nn.Linear(45, 10))
+    assert all(m is not original for m in host.seen) and len(host.seen) == 3
+    assert ev["timed"]["noise"]["reference"] is None
+
+
+def test_a_host_that_slows_during_the_run_does_not_fail_the_final_check(
+    trained_digits_cnn: nn.Module, digits: data.Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The machine runs 8% slower by the final check than while settling (load that
+    built up during the fine-tune). A paired check measures the ratio the budget states,
+    so the settled model passes its final check; checked against the value resolved at
+    the start, the same run fails it and is settled again, pruned further."""
+    settle = api.table_mod.settle
+
+    def run(paired: bool) -> api.PruneResult:
+        host = Host()
+
+        def settle_then_slow(*args: Any, **kwargs: Any) -> Any:
+            policy = settle(*args, **kwargs)
+            host.slow *= 1.08
+            return policy
+
+        monkeypatch.setattr(api.table_mod, "settle", settle_then_slow)
+        monkeypatch.setitem(costs._COSTS, "host_params", costs.Cost(
+            "host_params", host, relative=True, noisy=True, unit="p"))
+        return api.prune(copy.deepcopy(trained_digits_cnn), digits, "host_params<=0.5",
+                         method="uniform", progress=False,
+                         noise=NoiseRule(repeats=3, original_repeats=3, paired=paired))
+
+    full = count_params(trained_digits_cnn)
+    res = run(paired=True)
+    c = res.costs["host_params"]
+    assert c["ok"] is True and "resettled" not in res.search.extra
+    assert c["ratio"] == pytest.approx(count_params(res.model) / full)
+    assert c["noise"]["reference"]["median"] == pytest.approx(1.08 * full)
+    md = report.report_markdown(report.run_report(res, include_versions=False))
+    assert re.search(r"checked beside the original, which measured median [\d,.e+]+ this "
+                     r"time, so the pruned model's values are scaled by", md)
+    absolute = run(paired=False)
+    assert absolute.costs["host_params"]["ok"] is True
+    assert absolute.search.extra.get("resettled")
+    assert count_params(absolute.model) < count_params(res.model)
 
 
 def test_fresh_process_checks_count_the_processes_where_every_limit_held() -> None:
@@ -317,6 +417,25 @@ def test_fresh_checks_probe_the_machine_speed_with_the_unpruned_model() -> None:
         assert out["passed"] == {"m": 1}
         assert len(out["slowdown"]) == 1 and out["normal"] == normal
         assert out["passed_normal"] == {"m": normal}
+
+
+def test_fresh_checks_count_relative_limits_against_the_unpruned_model_timed_beside() -> None:
+    """A relative latency limit is also counted as rlprune checks it: the model's value
+    scaled by the unpruned model's value at the start over its value in that process.
+    The unpruned model itself is 100% of itself, whatever the stored start says."""
+    import torch
+    from benchmarks import remeasure
+
+    from rlprune.costs import BoundBudget
+
+    ex = torch.randn(1, 6)
+    original = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    for text, start_ms, absolute, paired in (("latency_ms<=50%", 1e6, 1, 0),
+                                             ("latency_ms<=200%", 1e-9, 0, 1)):
+        bound = BoundBudget(Budget.parse(text), {"latency_ms": start_ms}, ex)
+        out = remeasure.fresh_checks({"m": original}, bound, "channel", times=1,
+                                     original=original)
+        assert out["passed"] == {"m": absolute} and out["passed_paired"] == {"m": paired}
 
 
 def test_a_final_check_lost_to_noise_keeps_the_search_for_resume(

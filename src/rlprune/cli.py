@@ -192,6 +192,9 @@ _FLAG_HELP = {
                     "must keep below the limit (default 0.03 = 3%%)",
     "noise_repeats": "noisy costs: measurements of a model per acceptance check "
                      "(default 5)",
+    "noise_paired": "relative limits on noisy costs (latency_ms<=50%%): time the original "
+                    "beside the candidate in every check and check their ratio (default; "
+                    "--no-noise-paired: milliseconds against the limit resolved at the start)",
     "reward_fraction": "fraction of the training set held out as the reward split",
     "pretrain_epochs": "epochs when pretraining a registry --model",
     "seed": "random seed (the run is reproducible from it)",

@@ -1061,7 +1061,8 @@ class Budget:
         is measured ``rule.original_repeats`` times and its median used
         (:class:`~rlprune.noise.NoiseRule`, the defaults if ``rule`` is ``None``).
         ``example_input`` is a batch the model accepts, kept for measuring candidates
-        later.
+        later; ``original`` is kept too, as the reference a paired check times beside a
+        candidate (:attr:`BoundBudget.paired_names`).
         """
         rule = rule or NoiseRule()
         values: dict[str, float] = {}
@@ -1080,7 +1081,8 @@ class Budget:
                         stacklevel=2)
             else:
                 values[c.name] = c.cost(original, example_input)
-        return BoundBudget(self, values, example_input, rule=rule, original_spread=spreads)
+        return BoundBudget(self, values, example_input, rule=rule, original_spread=spreads,
+                           reference=original)
 
 
 #: :meth:`Budget.bind` warns when a noisy cost of the original varies by more than this
@@ -1099,6 +1101,9 @@ class BoundBudget:
     candidates are measured on. ``rule`` says how noisy costs are accepted
     (:class:`~rlprune.noise.NoiseRule`; defaults if ``None``) and ``original_spread``
     holds, per noisy cost, the spread of the measurements that resolved its limit.
+    ``reference`` is the original model itself, timed beside a candidate when a
+    relative limit on a noisy cost is checked (:attr:`paired_names`); without it such
+    a limit is checked in absolute terms, against the value resolved at bind time.
     ``tape`` (set by a run) records the noisy measurements for replay on resume.
     """
 
@@ -1109,8 +1114,10 @@ class BoundBudget:
         example_input: ExampleInput | None = None,
         rule: NoiseRule | None = None,
         original_spread: Mapping[str, Spread] | None = None,
+        reference: nn.Module | None = None,
     ):
         self.budget = budget
+        self.reference = reference
         self.example_input = example_input
         self.rule = rule or NoiseRule()
         self.original_spread: dict[str, Spread] = dict(original_spread or {})
@@ -1121,16 +1128,19 @@ class BoundBudget:
 
     @classmethod
     def from_dict(cls, budget: Budget, stored: Mapping[str, Any],
-                  example_input: ExampleInput | None = None) -> BoundBudget:
+                  example_input: ExampleInput | None = None,
+                  reference: nn.Module | None = None) -> BoundBudget:
         """The bound budget of :meth:`to_dict` for ``budget`` (which must be the one
-        stored), without measuring anything; ``example_input`` as in the constructor."""
+        stored), without measuring anything; ``example_input`` and ``reference`` (the
+        original model, for paired checks) as in the constructor."""
         if stored.get("budget") != str(budget):
             raise ValueError(f"the stored bound budget is {stored.get('budget')!r}, not "
                              f"{str(budget)!r}")
         spreads = {str(k): Spread(**{**v, "n": int(v["n"])})
                    for k, v in (stored.get("original_spread") or {}).items()}
         return cls(budget, stored["original"], example_input,
-                   rule=NoiseRule.from_dict(stored.get("noise")), original_spread=spreads)
+                   rule=NoiseRule.from_dict(stored.get("noise")), original_spread=spreads,
+                   reference=reference)
 
     @property
     def names(self) -> list[str]:
@@ -1153,30 +1163,72 @@ class BoundBudget:
     def __str__(self) -> str:
         return str(self.budget)
 
-    def measure(self, model: nn.Module, taped: bool = True) -> dict[str, float]:
-        """Each constraint's cost of ``model``, by name, measured once.
+    @property
+    def paired_names(self) -> list[str]:
+        """Noisy constraints whose checks time the original beside the candidate: those
+        with a relative limit (``latency_ms<=50%``), when the rule says ``paired`` and
+        a ``reference`` is held. Their repeated values are scaled to the original's
+        value at bind time (:meth:`repeated`)."""
+        if self.reference is None or not self.rule.paired:
+            return []
+        return [c.name for c in self.budget if c.cost.noisy and c.relative]
+
+    def measure(self, model: nn.Module, taped: bool = True,
+                names: Sequence[str] | None = None) -> dict[str, float]:
+        """Each constraint's cost of ``model`` (of ``names`` only, if given), by name,
+        measured once.
 
         With a ``tape`` and noisy costs, the measurement is taken back from the
         tape when a resumed run replays it, and recorded otherwise; ``taped=False``
         measures without the tape (a candidate's own scoring: the candidate log keeps
         its values and a resumed run does not score logged candidates again).
         """
+        wanted = list(self.names if names is None else names)
+
+        def fresh() -> dict[str, float]:
+            if names is None:
+                return self.budget.measure(model, self.example_input)
+            return {c.name: c.cost(model, self.example_input)
+                    for c in self.budget if c.name in wanted}
+
         tape = self.tape if (self.noisy and taped) else None
         if tape is None:
-            return self.budget.measure(model, self.example_input)
+            return fresh()
         fp = fingerprint(model)
         values = tape.take(fp)
-        if values is None or set(values) != set(self.names):
-            values = self.budget.measure(model, self.example_input)
+        if values is None or set(values) != set(wanted):
+            values = fresh()
             tape.record(fp, values)
         return values
 
+    def _paired_runs(self, model: nn.Module
+                     ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        """:meth:`repeated`'s values, and the reference's raw measurements of each paired
+        cost (empty when nothing is paired)."""
+        paired = self.paired_names
+        runs: list[dict[str, float]] = []
+        refs: list[dict[str, float]] = []
+        for _ in range(self.rule.repeats if self.noisy else 1):
+            if paired and self.reference is not None:  # the original first, then the candidate
+                refs.append(self.measure(self.reference, names=paired))
+            runs.append(self.measure(model))
+        noisy = set(self.noisy_names)
+        out = {n: [r[n] for r in runs] if n in noisy else [runs[0][n]] for n in self.names}
+        ref = {n: [r[n] for r in refs] for n in paired}
+        for n, vals in ref.items():
+            now = float(np.median(vals))
+            if now > 0 and math.isfinite(now):
+                scale = self.original[n] / now
+                out[n] = [v * scale for v in out[n]]
+        return out, ref
+
     def repeated(self, model: nn.Module) -> dict[str, list[float]]:
         """Every constraint's values of ``model``: noisy costs measured
-        ``rule.repeats`` times, the others once."""
-        runs = [self.measure(model) for _ in range(self.rule.repeats if self.noisy else 1)]
-        noisy = set(self.noisy_names)
-        return {n: [r[n] for r in runs] if n in noisy else [runs[0][n]] for n in self.names}
+        ``rule.repeats`` times, the others once. A paired cost (:attr:`paired_names`)
+        has each measurement preceded by one of the original, and its values scaled by
+        the original's value at bind time over the median of those: the candidate's
+        cost as a share of the original's, timed side by side, in the bound's units."""
+        return self._paired_runs(model)[0]
 
     def accepts_values(self, values: Mapping[str, Sequence[float]],
                        margin: float | None = None) -> bool:
@@ -1222,8 +1274,10 @@ class BoundBudget:
         """Per constraint of ``model``: value, original, limit, ratio (value / original),
         usage (value / limit) and ok. A noisy cost is measured ``rule.repeats`` times:
         its value is the median, ``ok`` follows the rule and ``noise`` holds the spread,
-        the bound, the margin and the spread of the original's measurements."""
-        runs = self.repeated(model)
+        the bound, the margin and the spread of the original's measurements; a paired
+        cost's value is scaled as :meth:`repeated` says and ``noise["reference"]`` holds
+        the spread of the original's measurements taken beside it."""
+        runs, refs = self._paired_runs(model)
         noisy = set(self.noisy_names)
         out: dict[str, dict[str, Any]] = {}
         for name in self.names:
@@ -1247,5 +1301,7 @@ class BoundBudget:
                     "measured": spread.to_dict(), "margin": self.rule.margin,
                     "z": self.rule.z, "accept_at": lim / (1.0 + self.rule.margin),
                     "original": (self.original_spread[name].to_dict()
-                                 if name in self.original_spread else None)}
+                                 if name in self.original_spread else None),
+                    "reference": (self.rule.spread(refs[name]).to_dict()
+                                  if name in refs else None)}
         return out

@@ -15,7 +15,13 @@ noisy cost only on a stated upper bound of its repeated measurements:
 
 Relative limits on a noisy cost (``latency_ms<=50%``) are resolved once, from the
 median of ``original_repeats`` measurements of the original model, and stored with
-the run. :class:`Spread` is what a report shows of a set of measurements.
+the run. A check of such a cost is *paired* (``paired``, on by default): each of the
+candidate's measurements follows one of the original's, and the candidate's values
+are scaled by the original's median at bind time over its median in this check. What
+is checked is then the ratio the user asked for, measured side by side, and a host
+that runs a few percent slower than when the limit was resolved (other load, heat)
+moves both models alike instead of failing a model that did not change.
+:class:`Spread` is what a report shows of a set of measurements.
 
 Measurements made during a search are also recorded (:class:`MeasurementTape`) so
 that a resumed run replays them instead of measuring again: a resumed search then
@@ -44,13 +50,16 @@ class NoiseRule:
     ``repeats`` measurements of a candidate per check (>= 2); ``z`` the number of
     standard deviations in the prediction bound (>= 0); ``margin`` the relative
     margin the bound must keep below the limit (>= 0); ``original_repeats`` the
-    measurements of the original model when a relative limit is resolved (>= 1).
+    measurements of the original model when a relative limit is resolved (>= 1);
+    ``paired`` whether a check of a relative limit times the original beside the
+    candidate (module docstring).
     """
 
     repeats: int = 5
     z: float = 2.0
     margin: float = 0.03
     original_repeats: int = 21
+    paired: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.repeats, int) and self.repeats >= 2):
@@ -63,6 +72,8 @@ class NoiseRule:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
                     math.isfinite(v) and 0 <= v):
                 raise ValueError(f"noise {name} must be a finite number >= 0, got {v!r}")
+        if not isinstance(self.paired, bool):
+            raise ValueError(f"noise paired must be true or false, got {self.paired!r}")
         if self.margin >= 1:
             raise ValueError(f"noise margin is a fraction of the limit (0.03 = 3%), got "
                              f"{self.margin!r}")

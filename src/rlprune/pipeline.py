@@ -55,7 +55,9 @@ class RunConfig:
     run reproducible. ``latency_table`` lets the search predict latency constraints from a
     per-layer lookup table (the result is still measured for real). A noisy cost
     (latency) is accepted on ``noise_repeats`` measurements whose upper bound keeps a
-    relative margin ``noise_margin`` below its limit (:class:`rlprune.noise.NoiseRule`).
+    relative margin ``noise_margin`` below its limit (:class:`rlprune.noise.NoiseRule`);
+    with ``noise_paired`` a relative limit on it is checked against the original timed
+    beside the candidate.
 
     Output: the run directory ``out``, with ``pruned.onnx`` when ``onnx``, the PNG plots
     when ``plots`` and TensorBoard scalars when ``tensorboard``; ``quiet`` hides the
@@ -86,6 +88,7 @@ class RunConfig:
     latency_table: bool = False  # predict latency costs from a lookup table during the search
     noise_margin: float = 0.03  # noisy costs: relative margin of the upper bound below a limit
     noise_repeats: int = 5  # noisy costs: measurements per acceptance check
+    noise_paired: bool = True  # relative noisy limits: time the original beside the candidate
     reward_fraction: float = 0.1
     pretrain_epochs: int = 10
     seed: int = 0
@@ -147,11 +150,12 @@ class RunConfig:
                              "or --model) or --checkpoint (an rlprune checkpoint), not both")
 
     def noise_rule(self) -> Any:
-        """The :class:`rlprune.noise.NoiseRule` of ``noise_repeats`` and ``noise_margin``
-        (``ValueError`` for values out of range)."""
+        """The :class:`rlprune.noise.NoiseRule` of ``noise_repeats``, ``noise_margin`` and
+        ``noise_paired`` (``ValueError`` for values out of range)."""
         from rlprune.noise import NoiseRule
 
-        return NoiseRule(repeats=self.noise_repeats, margin=self.noise_margin)
+        return NoiseRule(repeats=self.noise_repeats, margin=self.noise_margin,
+                         paired=self.noise_paired)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -416,7 +420,7 @@ def _bound_budget(cfg: RunConfig, model: Any, ex: Any, run_dir: Path | None,
         if stored.get("budget") != str(budget):
             raise ValueError(f"{path} binds {stored.get('budget')!r}, not the run's budget "
                              f"{str(budget)!r}")
-        return BoundBudget.from_dict(budget, stored, ex)
+        return BoundBudget.from_dict(budget, stored, ex, reference=model)
     return budget.bind(model, ex, rule=cfg.noise_rule())
 
 

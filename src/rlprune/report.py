@@ -290,6 +290,12 @@ def _noise_lines(costs: Mapping[str, Mapping[str, Any]]) -> list[str]:
         if o:
             line += (f"; the original's median {fmt_num(o['median'])} over {o['n']:.0f} "
                      f"measurements (sd {fmt_num(o['sd'])}) resolved the limit")
+        r = noise.get("reference")
+        if r and o:
+            line += (f"; checked beside the original, which measured median "
+                     f"{fmt_num(r['median'])} this time, so the pruned model's values are "
+                     f"scaled by {fmt_num(o['median'])} / {fmt_num(r['median'])}: the ratio "
+                     "to the original is what is checked")
         out.append(line + ".")
     return out + [""] if out else []
 
