@@ -314,7 +314,9 @@ def prune(
     ``None``), both when the returned policy is settled after the search (with
     :data:`SETTLE_HEADROOM` more margin, so that the final check does not fail whenever
     the host runs a little slower) and in the final check; ``costs[name]["noise"]``
-    reports the measured spread, the bound, the margin and the limit. A final check
+    reports the measured spread, the bound, the margin and the limit. A relative limit
+    on a noisy cost is checked against the original timed beside the model (the rule's
+    ``paired``), so what is checked is the ratio the budget states. A final check
     that fails on a noisy cost is measured once more (:data:`FINAL_RECHECKS`), as
     settling measures a failed step again; a returned model that fails both is settled
     again with a larger margin rather than lost.
@@ -451,9 +453,11 @@ def prune(
     noisy = set(bound.noisy_names)
 
     def final_check(model: nn.Module) -> dict[str, dict[str, Any]]:
-        """The returned model measured against the run's bound budget (the original is
-        not measured again); a failure on noisy costs alone is measured afresh up to
-        ``FINAL_RECHECKS`` times, and the first check that passes is the one reported."""
+        """The returned model measured against the run's bound budget (its limits are
+        not resolved again; a paired check times the original beside the model, as
+        :meth:`~rlprune.costs.BoundBudget.repeated` says); a failure on noisy costs alone
+        is measured afresh up to ``FINAL_RECHECKS`` times, and the first check that
+        passes is the one reported."""
         out = bound.evaluate(model)
         for _ in range(FINAL_RECHECKS):
             failed = [n for n, v in out.items() if not v["ok"]]
