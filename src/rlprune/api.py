@@ -227,7 +227,7 @@ RESETTLE_MARGINS = (0.03, 0.09, 0.27)
 
 #: Settling after the search asks this much more margin than the final check does
 #: (a fraction of the limit, added to the noise rule's margin). Settling returns the
-#: least pruned policy whose check passed, so without headroom the returned model sits
+#: least pruned policy whose checks passed, so without headroom the returned model sits
 #: where the final check passes about every other time, and each failure costs a
 #: settling at a 3-point wider margin and another fine-tune. On ``cifar10-multi`` the
 #: final check measured 1-8% above what settling had measured minutes before: more than
@@ -235,9 +235,10 @@ RESETTLE_MARGINS = (0.03, 0.09, 0.27)
 SETTLE_HEADROOM = 0.01
 
 #: A final check that fails on noisy costs alone is measured this many more times, and
-#: passes if any of them accepts the model, before the model is settled again: the same
-#: allowance for a burst of load as :func:`~rlprune.latency_table.settle`'s
-#: ``rechecks``, whose steps the final check would otherwise judge more harshly.
+#: passes if any of them accepts the model, before the model is settled again: an
+#: allowance for a burst of load. Settling takes a step on the majority of its checks
+#: (:func:`~rlprune.latency_table.settle`'s ``rechecks``), stricter than this, so that
+#: the final check passes what settling returned.
 FINAL_RECHECKS = 1
 
 
