@@ -283,3 +283,22 @@ def test_settled_note_names_the_methods_the_noise_rule_moved() -> None:
         "`cpl` (its best candidate at latency_ms 0.965 x the limit, one measurement), "
         "settled again after fine-tuning at a 6% margin")
     assert bench.settled_note([kept], bound) == "none"
+
+
+def test_remeasure_checks_a_noisy_cost_as_the_final_check_does() -> None:
+    """A noisy cost that fails one check (a burst) is measured again, as rlprune's final
+    check does, before the table says NO; one that fails every check is NO."""
+    from rlprune.costs import Budget
+    from rlprune.noise import NoiseRule
+
+    model = nn.Linear(4, 2)
+    values = iter([1.0] * 3 + [2.0] * 3 + [1.0] * 3 + [2.0] * 100)
+
+    def timed(m: nn.Module) -> float:
+        return next(values)
+
+    bound = Budget(custom={"timed": (timed, 1.5, {"noisy": True})}).bind(
+        model, rule=NoiseRule(repeats=3, original_repeats=3, margin=0.0))
+    # the original took the first three; the first check meets the burst, the second not
+    assert peers.remeasure(model, bound)["timed"] == (1.0, 1.5, True)
+    assert peers.remeasure(model, bound)["timed"] == (2.0, 1.5, False)
