@@ -494,8 +494,8 @@ there; methods in one table ran side by side on the same checkpoint, budget, rew
 split and fine-tune schedule. "value / limit" is what the pruned model measures
 against the budget's limit; "re-measured ok" means every constraint held when the
 saved model was loaded back and measured again independently (a noisy cost under the
-noise rule, measured once more if that check fails, as rlprune's final check does;
-before 2026-11-22 evening, on one check). Accuracies are
+noise rule, measured once more if that check fails, as rlprune's final check does).
+Accuracies are
 fractions; "reward acc" is on the held-out reward split the search scores on,
 "test acc" on the test split the search never sees. CIFAR-10 figures use the
 JPEG-q75 copy of CIFAR-10 (official labels), not the original pixels.
