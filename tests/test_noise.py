@@ -569,3 +569,16 @@ def test_settle_narrows_the_step_that_first_held(
     assert np.all(fine <= coarse) and np.all(fine >= policy)
     with pytest.raises(ValueError, match="refine"):
         settle(space, model, policy, bound, refine=-1)
+
+
+def test_the_command_line_turns_paired_checks_off() -> None:
+    """``--no-noise-paired`` (``noise_paired: false``) reaches the run's rule; the default
+    pairs."""
+    from rlprune import cli
+
+    args = ["prune", "--data", "digits", "--model", "digits_cnn", "--budget",
+            "latency_ms<=50%"]
+    parser = cli.build_parser()
+    on = cli._config_from_args(parser.parse_args(args))
+    off = cli._config_from_args(parser.parse_args([*args, "--no-noise-paired"]))
+    assert on.noise_rule().paired is True and off.noise_rule().paired is False
