@@ -230,8 +230,10 @@ RESETTLE_MARGINS = (0.03, 0.09, 0.27)
 #: least pruned policy whose checks passed, so without headroom the returned model sits
 #: where the final check passes about every other time, and each failure costs a
 #: settling at a 3-point wider margin and another fine-tune. On ``cifar10-multi`` the
-#: final check measured 1-8% above what settling had measured minutes before: more than
-#: this headroom absorbs on a busy host (docs/RESULTS.md).
+#: final check measured 1-8% above what settling had measured minutes before, more than
+#: this headroom absorbs, as the host slowed; checks of a relative limit are now paired
+#: with timings of the original (:class:`~rlprune.noise.NoiseRule` ``paired``), which
+#: cancels that drift (docs/RESULTS.md).
 SETTLE_HEADROOM = 0.01
 
 #: A final check that fails on noisy costs alone is measured this many more times, and
